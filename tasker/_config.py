@@ -1,0 +1,126 @@
+"""``Config``: the immutable, validated settings of one TaskManager."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._clock import Clock
+from ._context import Context
+from ._types import Logger, MetricsCollector
+
+__all__ = ["Config"]
+
+R = TypeVar("R")
+
+
+def _callable(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"Config.{attr.name} must be callable, got {value!r}")
+
+
+def _optional_callable(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _callable(inst, attr, value)
+
+
+def _int(minimum: int, optional: bool = False) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"Config.{attr.name} must be an int, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"Config.{attr.name} must be >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _seconds(optional: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"Config.{attr.name} must be a number of seconds, got {value!r}")
+        if not value > 0:
+            raise ValueError(f"Config.{attr.name} must be > 0 seconds, got {value!r}")
+
+    return check
+
+
+def _instance(kind: type, what: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"Config.{attr.name} must be {what} or None, got {value!r}")
+
+    return check
+
+
+def _has_methods(*names: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        missing = [n for n in names if not callable(getattr(value, n, None))]
+        if missing:
+            raise TypeError(f"Config.{attr.name} lacks {', '.join(missing)}(): got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class Config(Generic[R]):
+    """Settings of a :class:`~tasker.TaskManager`; every field is checked at construction.
+
+    Raises:
+        TypeError: a field has the wrong type (``on_create`` missing or not callable...).
+        ValueError: a number is out of range.
+    """
+
+    on_create: Callable[[], R] = attrs.field(validator=_callable)
+    """Creates one resource; called in the greenlet of the worker that will own it."""
+    worker_count: int = attrs.field(validator=_int(1))
+    """Base workers, always running (> 0)."""
+    on_destroy: Callable[[R], object] | None = attrs.field(default=None, validator=_optional_callable)
+    """Releases one resource; called exactly once for every resource ``on_create`` made."""
+    ctx: Context | None = attrs.field(default=None, validator=_instance(Context, "a tasker.Context"))
+    """Parent context: cancelling it starts a graceful stop."""
+    check_health: Callable[[BaseException], bool] | None = attrs.field(
+        default=None, validator=_optional_callable
+    )
+    """``check_health(exc)`` False: the worker's resource is bad; retire and retry."""
+    max_worker_count: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    """Base + burst ceiling; None means ``2 * worker_count``."""
+    burst_interval: float = attrs.field(default=0.1, validator=_seconds(optional=False))
+    """Seconds between two looks of the scaler."""
+    max_retries: int = attrs.field(default=3, validator=_int(0))
+    """Redeliveries after unhealthy failures (0: never redeliver)."""
+    resource_pool_size: int | None = attrs.field(default=None, validator=_int(0, optional=True))
+    """Resources kept for ``run_task``; None means ``worker_count``, 0 no pool."""
+    logger: Logger | None = attrs.field(
+        default=None, validator=_has_methods("debug", "info", "warning", "error")
+    )
+    """Where to log; None means ``logging.getLogger("tasker")``."""
+    collector: MetricsCollector | None = attrs.field(
+        default=None,
+        validator=_has_methods(
+            "record_arrival", "record_completion", "record_failure", "record_retry", "metrics"
+        ),
+    )
+    """Metrics sink; None means a new :class:`~tasker.Collector`."""
+    task_timeout: float | None = attrs.field(default=None, validator=_seconds(optional=True))
+    """Default bound in seconds on one run of a task; None means none."""
+    max_queue_size: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    """Room in each lane; None means unbounded."""
+    burst_linger: float | None = attrs.field(default=None, validator=_seconds(optional=True))
+    """Seconds a burst worker stays idle before it retires; None means ``10 * burst_interval``."""
+    clock: Clock | None = attrs.field(default=None, validator=_has_methods("now", "sleep", "call_later"))
+    """Time source; None means the real clock. ``tasker.testing.FakeClock`` for tests."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_worker_count is not None and self.max_worker_count < self.worker_count:
+            raise ValueError(
+                f"Config.max_worker_count must be >= worker_count ({self.worker_count}), "
+                f"got {self.max_worker_count!r}"
+            )

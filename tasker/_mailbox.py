@@ -1,0 +1,172 @@
+"""The mailbox: two FIFO lanes, an idle stack of workers, and room for submitters.
+
+Idle workers park on their own one-slot mailbox (a raw switch into the hub), stacked
+LIFO: a submission that finds an idle worker hands the message straight to the most
+recently parked one — O(1) however many are parked, hot workers stay hot, and the
+bottom of the stack is the workers idle longest, which is where the scaler looks for
+burst workers to retire. A worker only parks when both lanes are empty, so a non-empty
+idle stack means empty lanes: every taker sees priority messages first.
+
+With ``max_size``, each lane holds at most that many messages; submitters wait for
+room on a FIFO of gevent waiters, each woken when a message leaves the lane.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.hub import Waiter
+
+from ._errors import QueueFullError
+from ._message import TaskResult
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["RETIRE", "Lane", "Mailbox"]
+
+RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
+
+
+class Lane(deque):  # type: ignore[type-arg]
+    """One FIFO lane, with the submitters waiting for room in it."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiters: deque[Waiter] = deque()
+
+
+class Mailbox:
+    """Where messages wait and where idle workers park."""
+
+    __slots__ = ("_now", "_run_callback", "_switch_to_hub", "closing", "idle", "main", "max_size", "priority")
+
+    def __init__(self, max_size: int | None, now: Callable[[], float]) -> None:
+        hub = gevent.get_hub()
+        self._run_callback = hub.loop.run_callback
+        self._switch_to_hub = hub.switch
+        self._now = now
+        self.main = Lane()
+        self.priority = Lane()
+        self.idle: list[Worker] = []
+        self.max_size = max_size
+        self.closing = False  # draining or killed: workers exit instead of parking
+
+    def __len__(self) -> int:
+        return len(self.main) + len(self.priority)
+
+    def put(self, msg: TaskResult, front: bool = False) -> None:
+        """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
+        if self.idle:
+            worker = self.idle.pop()
+            worker.current = msg
+            self._run_callback(worker.greenlet.switch, msg)
+        elif front:
+            (self.priority if msg._priority else self.main).appendleft(msg)
+        else:
+            (self.priority if msg._priority else self.main).append(msg)
+
+    def take(self, worker: Worker) -> TaskResult | None:
+        """The worker's next message, parking it while there is none; None: exit."""
+        while True:
+            lane = self.priority or self.main
+            if lane:
+                msg: TaskResult = lane.popleft()
+                if lane.waiters:
+                    self._wake_one(lane)
+                return msg
+            if self.closing:
+                return None
+            worker.idle_since = self._now()
+            self.idle.append(worker)
+            woken = self._switch_to_hub()
+            if woken is RETIRE:
+                return None
+            if woken is not None:
+                return woken  # type: ignore[no-any-return]
+            # None: woken to look again (the manager is closing)
+
+    def close(self) -> None:
+        """From now on workers exit when the lanes are empty; wake everyone waiting."""
+        self.closing = True
+        idle, self.idle = self.idle, []
+        for worker in idle:
+            self._run_callback(worker.greenlet.switch, None)
+        for lane in (self.main, self.priority):
+            while lane.waiters:
+                self._wake_one(lane)
+
+    def retire(self, worker: Worker) -> None:
+        """Unpark an idle worker and tell it to exit."""
+        self.idle.remove(worker)
+        self._run_callback(worker.greenlet.switch, RETIRE)
+
+    def remove(self, msg: TaskResult) -> bool:
+        """Withdraw a queued message; False if it is not queued."""
+        lane = self.priority if msg._priority else self.main
+        try:
+            lane.remove(msg)
+        except ValueError:
+            return False
+        if lane.waiters:
+            self._wake_one(lane)
+        return True
+
+    def drain(self) -> list[TaskResult]:
+        """Take every queued message out, priority first; the room goes to waiting submitters."""
+        msgs = [*self.priority, *self.main]
+        for lane in (self.priority, self.main):
+            lane.clear()
+            while lane.waiters:
+                self._wake_one(lane)
+        return msgs
+
+    def wait_for_room(self, priority: bool, block: bool, timeout: float | None) -> None:
+        """Block the submitter until its lane has room (cooperatively).
+
+        Raises:
+            QueueFullError: no room at once with ``block=False``, or within ``timeout``.
+        """
+        lane = self.priority if priority else self.main
+        max_size = self.max_size
+        assert max_size is not None
+        if len(lane) < max_size or self.closing:
+            return
+        name = "priority" if priority else "main"
+        if not block:
+            raise QueueFullError(f"the {name} lane is full ({max_size} messages)")
+        timer = gevent.Timeout._start_new_or_dummy(timeout)
+        try:
+            while len(lane) >= max_size and not self.closing:
+                waiter = Waiter()
+                lane.waiters.append(waiter)
+                try:
+                    waiter.get()
+                except BaseException:
+                    self._leave(lane, waiter)
+                    raise
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            raise QueueFullError(f"no room in the {name} lane within {timeout} s") from None
+        finally:
+            timer.close()
+
+    def blocked_submitters(self) -> int:
+        return len(self.main.waiters) + len(self.priority.waiters)
+
+    def _leave(self, lane: Lane, waiter: Waiter) -> None:
+        try:
+            lane.waiters.remove(waiter)
+        except ValueError:
+            # We were woken as we gave up: pass the room on so it is not lost.
+            if len(lane) < (self.max_size or 0) and lane.waiters:
+                self._wake_one(lane)
+
+    def _wake_one(self, lane: Lane) -> None:
+        self._run_callback(lane.waiters.popleft().switch, None)

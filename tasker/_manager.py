@@ -1,0 +1,502 @@
+"""``TaskManager``: the public face of the actors, and the one place replies are resolved.
+
+The manager wires the actors together — workers (``_worker``), the supervisor
+(``_supervisor``), the scaler (``_scaler``), the mailbox (``_mailbox``) and the
+``run_task`` pool (``_pool``) — and owns the lifecycle: running, then closing
+(graceful ``stop``, or ``kill``), then finished. :meth:`TaskManager._finish` is the
+only code that resolves a reply; it does so once and records the metrics of that one
+reply, so every submission gets exactly one answer however kill, timeouts, cancels and
+workers race.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import gevent
+from gevent.event import Event
+from greenlet import getcurrent
+
+from ._batch import imap_unordered, map_ordered
+from ._clock import Clock, MonotonicClock
+from ._config import Config
+from ._context import Context
+from ._errors import CancelledError, ManagerStoppedError, ResourceCreationError, TaskKilledError, TaskTimeoutError
+from ._mailbox import Mailbox
+from ._message import Interrupt, TaskResult
+from ._metrics import Collector
+from ._pool import ResourcePool
+from ._scaler import Scaler
+from ._supervisor import Supervisor
+from ._types import MetricsCollector, TaskLifecycleTimestamps, TaskMetrics, TaskStats
+from ._worker import Worker
+
+__all__ = ["TaskManager"]
+
+R = TypeVar("R")
+E = TypeVar("E")
+Task = Callable[[Context, R], E]
+Callback = Callable[[Any, BaseException | None], object]
+
+
+def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
+    if callable(task):
+        return task  # type: ignore[no-any-return]
+    execute = getattr(task, "execute", None)
+    if callable(execute):
+        return execute  # type: ignore[no-any-return]
+    raise TypeError(f"task must be callable as task(ctx, resource) or have execute(ctx, resource), got {task!r}")
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be None or > 0 seconds, got {timeout!r}")
+
+
+class TaskManager(Generic[R, E]):
+    """Runs tasks on workers that each own a resource made by ``config.on_create``.
+
+    Starts the base workers, the supervisor, the scaler and the ``run_task`` pool.
+
+    Raises:
+        ResourceCreationError: a resource for the pool or the base workers could not be
+            created; whatever was created is destroyed first. ``__cause__`` is the
+            ``on_create`` exception.
+    """
+
+    def __init__(self, config: Config[R]) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"TaskManager needs a tasker.Config, got {config!r}")
+        self._config = config
+        self._clock: Clock = config.clock or MonotonicClock()
+        self._now = self._clock.now
+        self._logger = config.logger or logging.getLogger("tasker")
+        self._collector: MetricsCollector = config.collector or Collector(clock=self._clock)
+        self._ctx = config.ctx.child() if config.ctx is not None else Context()
+        self._hub = gevent.get_hub()
+        self._accepting = True
+        self._killing = False
+        self._stop_called = False
+        self._kill_called = False
+        self._tearing_down = False
+        self._quiet = Event()  # closing, drained, no run_task, no pending callback
+        self._finished = Event()
+        self._arrived = 0  # accepted submissions (the scaler's own counters)
+        self._done = 0  # resolved replies
+        self._callbacks = 0  # callbacks not yet returned
+        self._mailbox = Mailbox(config.max_queue_size, self._now)
+        self._supervisor = Supervisor(self)
+        pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
+        made: list[Any] = []
+        try:
+            for _ in range(pool_size + config.worker_count):
+                made.append(config.on_create())
+        except Exception as exc:
+            for resource in made:
+                self._destroy(resource)
+            raise ResourceCreationError(f"on_create raised {exc!r} while starting the manager") from exc
+        self._pool = ResourcePool(self, made[:pool_size])
+        self._supervisor.greenlet.start()
+        for resource in made[pool_size:]:
+            self._supervisor.start_worker(burst=False, resource=resource)
+        max_workers = config.max_worker_count or 2 * config.worker_count
+        self._scaler: Scaler | None = None
+        if max_workers > config.worker_count:
+            linger = config.burst_linger if config.burst_linger is not None else 10 * config.burst_interval
+            self._scaler = Scaler(self, max_workers, linger)
+            self._scaler.greenlet.start()
+        self._watcher: gevent.Greenlet | None = None
+        if config.ctx is not None:
+            self._watcher = gevent.spawn(self._watch_parent, config.ctx)
+
+    # -- submission -----------------------------------------------------------------
+
+    def submit(
+        self,
+        task: Task[R, E],
+        *,
+        priority: bool = False,
+        once: bool = False,
+        timeout: float | None = None,
+        block: bool = True,
+    ) -> TaskResult:
+        """Queue ``task`` and return its reply at once; the primitive under every variant.
+
+        Args:
+            task: ``task(ctx, resource)``, or an object with ``execute(ctx, resource)``.
+            priority: use the priority lane, served before the main lane.
+            once: at-most-once: never redelivered after an unhealthy failure.
+            timeout: seconds the task may run (default ``Config.task_timeout``), and
+                with a bounded queue the longest wait for room.
+            block: with a bounded queue, False raises ``QueueFullError`` at once when
+                the lane is full.
+
+        Raises:
+            TypeError: ``task`` is not a task. ValueError: a bad ``timeout``.
+            ManagerStoppedError: ``stop()``/``kill()`` has begun.
+            QueueFullError: no room in a bounded lane.
+        """
+        fn = _task_fn(task)
+        if timeout is None:
+            timeout = self._config.task_timeout
+        else:
+            _check_timeout(timeout)
+        if not self._accepting:
+            raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
+        mailbox = self._mailbox
+        if mailbox.max_size is not None:
+            mailbox.wait_for_room(priority, block, timeout)
+            if not self._accepting:
+                raise ManagerStoppedError("the manager stopped while the task waited for room")
+        msg = TaskResult(self, fn, priority, once, timeout, self._now())
+        self._arrived += 1
+        try:
+            self._collector.record_arrival()
+        except Exception as exc:
+            self._log("error", "tasker: collector.record_arrival raised %r", exc)
+        mailbox.put(msg)
+        return msg
+
+    def queue_task(self, task: Task[R, E]) -> E:
+        """Run ``task`` on the main lane; block this greenlet for its value or exception."""
+        return self.submit(task).get()  # type: ignore[no-any-return]
+
+    def queue_task_with_priority(self, task: Task[R, E]) -> E:
+        """As :meth:`queue_task`, on the priority lane."""
+        return self.submit(task, priority=True).get()  # type: ignore[no-any-return]
+
+    def queue_task_once(self, task: Task[R, E]) -> E:
+        """As :meth:`queue_task`, never redelivered after an unhealthy failure."""
+        return self.submit(task, once=True).get()  # type: ignore[no-any-return]
+
+    def queue_task_with_priority_once(self, task: Task[R, E]) -> E:
+        """As :meth:`queue_task`, on the priority lane, at most once."""
+        return self.submit(task, priority=True, once=True).get()  # type: ignore[no-any-return]
+
+    def queue_task_async(self, task: Task[R, E]) -> TaskResult:
+        """Queue ``task`` on the main lane; its reply, a ``gevent.event.AsyncResult``."""
+        return self.submit(task)
+
+    def queue_task_with_priority_async(self, task: Task[R, E]) -> TaskResult:
+        """As :meth:`queue_task_async`, on the priority lane."""
+        return self.submit(task, priority=True)
+
+    def queue_task_once_async(self, task: Task[R, E]) -> TaskResult:
+        """As :meth:`queue_task_async`, at most once."""
+        return self.submit(task, once=True)
+
+    def queue_task_with_priority_once_async(self, task: Task[R, E]) -> TaskResult:
+        """As :meth:`queue_task_async`, on the priority lane, at most once."""
+        return self.submit(task, priority=True, once=True)
+
+    def queue_task_with_callback(self, task: Task[R, E], callback: Callback) -> None:
+        """Queue ``task``; later call ``callback(result, error)`` once, in its own greenlet."""
+        self._submit_with_callback(task, callback, False, False)
+
+    def queue_task_with_priority_with_callback(self, task: Task[R, E], callback: Callback) -> None:
+        """As :meth:`queue_task_with_callback`, on the priority lane."""
+        self._submit_with_callback(task, callback, True, False)
+
+    def queue_task_once_with_callback(self, task: Task[R, E], callback: Callback) -> None:
+        """As :meth:`queue_task_with_callback`, at most once."""
+        self._submit_with_callback(task, callback, False, True)
+
+    def queue_task_with_priority_once_with_callback(self, task: Task[R, E], callback: Callback) -> None:
+        """As :meth:`queue_task_with_callback`, on the priority lane, at most once."""
+        self._submit_with_callback(task, callback, True, True)
+
+    def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable as callback(result, error), got {callback!r}")
+        reply = self.submit(task, priority=priority, once=once)
+        self._callbacks += 1
+        reply.rawlink(lambda r: gevent.spawn(self._call_back, callback, r))
+
+    def _call_back(self, callback: Callback, reply: TaskResult) -> None:
+        try:
+            if reply.successful():
+                callback(reply.value, None)
+            else:
+                callback(None, reply.exception)
+        except Exception as exc:
+            self._log("error", "tasker: callback %r raised %r", callback, exc)
+        finally:
+            self._callbacks -= 1
+            self._check_quiet()
+
+    def run_task(self, task: Task[R, E]) -> E:
+        """Run ``task`` now in this greenlet, bypassing the queues.
+
+        Uses a pooled resource if one is free, else a temporary one (created, used
+        once, destroyed). No health check, no retry.
+
+        Raises:
+            ResourceCreationError: the temporary resource could not be created.
+            ManagerStoppedError: ``stop()``/``kill()`` has begun.
+        """
+        return self._pool.run(_task_fn(task))  # type: ignore[no-any-return]
+
+    def map(
+        self,
+        fn: Callable[[Context, R, Any], E],
+        items: Iterable[Any],
+        *,
+        priority: bool = False,
+        max_in_flight: int | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[E | BaseException]:
+        """Run ``fn(ctx, resource, item)`` for each item; yield the results in input order.
+
+        At most ``max_in_flight`` items (default ``2 * max_worker_count``) are read
+        ahead. An item's exception is raised at its place (the items still in flight
+        are then cancelled), or yielded there with ``return_exceptions=True``.
+        """
+        return map_ordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)
+
+    def imap_unordered(
+        self,
+        fn: Callable[[Context, R, Any], E],
+        items: Iterable[Any],
+        *,
+        priority: bool = False,
+        max_in_flight: int | None = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[E | BaseException]:
+        """As :meth:`map`, yielding each result as soon as it is ready."""
+        return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)
+
+    def _read_ahead(self, max_in_flight: int | None) -> int:
+        if max_in_flight is None:
+            return 2 * (self._config.max_worker_count or 2 * self._config.worker_count)
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be None or an int >= 1, got {max_in_flight!r}")
+        return max_in_flight
+
+    # -- observation ----------------------------------------------------------------
+
+    def stats(self) -> TaskStats:
+        """A snapshot of workers, queues and the pool."""
+        base = burst = active = 0
+        for worker in self._supervisor.workers.values():
+            if worker.started:
+                if worker.burst:
+                    burst += 1
+                else:
+                    base += 1
+            active += worker.in_task
+        mailbox = self._mailbox
+        return TaskStats(
+            base_workers=base,
+            active_workers=active,
+            burst_workers=burst,
+            queued_tasks=len(mailbox.main),
+            priority_tasks=len(mailbox.priority),
+            available_resources=self._pool.available,
+            blocked_submitters=mailbox.blocked_submitters(),
+        )
+
+    def metrics(self) -> TaskMetrics:
+        """What the collector reports."""
+        return self._collector.metrics()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def __enter__(self) -> TaskManager[R, E]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not (self._stop_called or self._kill_called):
+            self.stop()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop gracefully: run every queued message (priority first), then clean up.
+
+        Waits for running tasks, in-flight ``run_task`` calls and pending callbacks;
+        destroys every resource; ends every actor.
+
+        Args:
+            timeout: seconds (of the manager's clock) to drain before escalating to
+                :meth:`kill`; None waits as long as it takes.
+
+        Returns:
+            True if it drained cleanly, False if it was escalated or killed.
+
+        Raises:
+            ManagerStoppedError: ``stop()`` or ``kill()`` was already called.
+        """
+        if self._stop_called or self._kill_called:
+            raise ManagerStoppedError("stop() or kill() was already called")
+        _check_timeout(timeout)
+        self._stop_called = True
+        return self._graceful(timeout)
+
+    def kill(self) -> None:
+        """Stop now: fail queued messages and interrupt running tasks with ``TaskKilledError``.
+
+        Cancels the contexts of running tasks, destroys every resource, ends every
+        actor. Allowed while a ``stop()`` runs in another greenlet: it escalates it.
+
+        Raises:
+            ManagerStoppedError: ``kill()`` was already called, or the manager has
+                already finished stopping.
+        """
+        if self._kill_called or self._finished.is_set():
+            raise ManagerStoppedError("kill() was already called, or the manager has stopped")
+        self._kill_called = True
+        self._kill_now()
+        self._teardown()
+
+    def _watch_parent(self, parent: Context) -> None:
+        parent.wait()
+        self._log("info", "tasker: parent context cancelled; stopping gracefully")
+        self._graceful(None)
+
+    def _close(self) -> None:
+        """Stop accepting; let workers exit once the lanes are empty."""
+        if not self._accepting:
+            return
+        self._accepting = False
+        self._mailbox.close()
+        self._supervisor.poke()
+
+    def _check_quiet(self) -> None:
+        if (
+            not self._accepting
+            and self._supervisor.drained.is_set()
+            and not self._pool.in_flight
+            and not self._callbacks
+        ):
+            self._quiet.set()
+
+    def _graceful(self, timeout: float | None) -> bool:
+        self._close()
+        self._check_quiet()
+        expired = Event()
+        timer = self._clock.call_later(timeout, expired.set) if timeout is not None else None
+        try:
+            gevent.wait([self._quiet, expired, self._finished], count=1)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        clean = self._quiet.is_set() and not self._killing
+        if not clean and not self._killing:
+            self._log("warning", "tasker: stop(timeout=%s) did not drain in time; killing", timeout)
+            self._kill_now()
+        self._teardown()
+        return clean
+
+    def _kill_now(self) -> None:
+        self._killing = True
+        self._close()
+        supervisor = self._supervisor
+        supervisor.close()
+        gevent.killall([g for g in (supervisor.greenlet, self._scaler and self._scaler.greenlet) if g])
+        self._ctx.cancel()
+        for msg in self._mailbox.drain():
+            self._finish(msg, TaskKilledError("dropped from the queue by kill()"))
+        workers = list(supervisor.workers.values())
+        for worker in workers:
+            if worker.current is not None:
+                self._finish(worker.current, TaskKilledError("interrupted by kill()"))
+        for greenlet in list(self._pool.running):
+            self._hub.loop.run_callback(self._throw_run_task, greenlet)
+        gevent.killall([w.greenlet for w in workers])
+        supervisor.workers.clear()
+        supervisor.drained.set()
+        self._check_quiet()
+        self._quiet.wait()
+
+    def _throw_run_task(self, greenlet: Any) -> None:
+        if greenlet in self._pool.running:
+            greenlet.throw(Interrupt(TaskKilledError("run_task interrupted by kill()")))
+
+    def _teardown(self) -> None:
+        if self._tearing_down:
+            self._finished.wait()
+        else:
+            self._tearing_down = True
+            self._supervisor.close()
+            actors = [self._supervisor.greenlet, self._scaler and self._scaler.greenlet, self._watcher]
+            gevent.killall([g for g in actors if g is not None and g is not getcurrent()])
+            for resource in self._pool.take_all():
+                self._destroy(resource)
+            self._finished.set()
+        if self._watcher is not None and self._watcher is not getcurrent():
+            self._watcher.join()
+
+    # -- what the actors call -------------------------------------------------------
+
+    def _finish(self, msg: TaskResult, exc: BaseException | None, value: Any = None) -> None:
+        """Resolve ``msg``'s reply unless it already is, and record it; the only place that does."""
+        if msg.ready():
+            return
+        self._done += 1
+        stamps = TaskLifecycleTimestamps(msg._queued_at, msg._started_at, self._now())
+        try:
+            if exc is None:
+                msg.set(value)
+                self._collector.record_completion(stamps)
+            else:
+                msg.set_exception(exc)
+                self._collector.record_failure(stamps)
+        except Exception as error:
+            self._log("error", "tasker: collector raised %r", error)
+
+    def _redeliver(self, msg: TaskResult) -> None:
+        if msg._ctx is not None and msg._ctx._cancelled:
+            self._finish(msg, CancelledError("cancelled while it ran"))
+            return
+        msg._ctx = None
+        try:
+            self._collector.record_retry()
+        except Exception as error:
+            self._log("error", "tasker: collector.record_retry raised %r", error)
+        self._mailbox.put(msg, front=True)
+
+    def _cancel(self, msg: TaskResult) -> bool:
+        if msg.ready():
+            return False
+        if self._mailbox.remove(msg) or msg._ctx is None:
+            self._finish(msg, CancelledError("cancelled before it ran"))
+        else:
+            msg._ctx.cancel()
+        return True
+
+    def _time_out(self, worker: Worker, msg: TaskResult) -> None:
+        if worker.current is not msg or not worker.in_task:
+            return
+        error = TaskTimeoutError(f"task ran longer than its timeout of {msg._timeout} s")
+        assert msg._ctx is not None
+        msg._ctx.cancel()
+        self._finish(msg, error)
+        self._hub.loop.run_callback(self._throw_timeout, worker, msg, error)
+
+    def _throw_timeout(self, worker: Worker, msg: TaskResult, error: BaseException) -> None:
+        if worker.current is msg and worker.in_task:
+            worker.greenlet.throw(Interrupt(error))
+
+    def _healthy(self, exc: BaseException) -> bool:
+        check = self._config.check_health
+        if check is None:
+            return True
+        try:
+            return bool(check(exc))
+        except Exception as error:
+            self._log("error", "tasker: check_health raised %r; treating the worker as unhealthy", error)
+            return False
+
+    def _destroy(self, resource: Any) -> None:
+        on_destroy = self._config.on_destroy
+        if on_destroy is not None:
+            try:
+                on_destroy(resource)
+            except Exception as exc:
+                self._log("error", "tasker: on_destroy raised %r", exc)
+
+    def _log(self, level: str, msg: str, *args: Any) -> None:
+        try:
+            getattr(self._logger, level)(msg, *args)
+        except Exception as exc:
+            logging.getLogger("tasker").error("tasker: the logger raised %r", exc)

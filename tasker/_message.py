@@ -1,0 +1,91 @@
+"""Submissions as messages.
+
+A submission is one object, :class:`TaskResult`: a ``gevent.event.AsyncResult`` (the
+reply) that also carries the envelope — the task, its lane, its at-most-once flag, its
+attempt count, its timestamps. Making the envelope and the reply one object saves an
+allocation and a reference cycle on the hot path. The reply is resolved exactly once,
+by ``TaskManager._finish``; anything else that races it (kill, timeout, cancel) finds
+it ready and leaves it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gevent.event import AsyncResult
+
+from ._context import Context
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+
+__all__ = ["Interrupt", "TaskResult"]
+
+
+class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
+    """The reply to one submission: a ``gevent.event.AsyncResult`` you can cancel.
+
+    ``get()`` returns the task's value or raises its exception; ``cancel()`` withdraws
+    the submission.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_ctx",
+        "_fn",
+        "_manager",
+        "_once",
+        "_priority",
+        "_queued_at",
+        "_started_at",
+        "_timeout",
+    )
+
+    def __init__(
+        self,
+        manager: TaskManager[Any, Any],
+        fn: Callable[[Context, Any], Any],
+        priority: bool,
+        once: bool,
+        timeout: float | None,
+        queued_at: float,
+    ) -> None:
+        super().__init__()
+        self._manager = manager
+        self._fn = fn
+        self._priority = priority
+        self._once = once
+        self._timeout = timeout
+        self._queued_at = queued_at
+        self._started_at: float | None = None
+        self._attempts = 0
+        self._ctx: Context | None = None
+
+    def cancel(self) -> bool:
+        """Withdraw the submission.
+
+        A message still queued is removed and resolves with
+        :class:`~tasker.CancelledError`; a running task has its context cancelled (it
+        may end early if it checks its context). Returns:
+            True if the message was removed or its context cancelled, False if it had
+            already finished.
+        """
+        return self._manager._cancel(self)
+
+    @property
+    def attempts(self) -> int:
+        """How many times the task has been delivered to a worker so far."""
+        return self._attempts
+
+
+class Interrupt(BaseException):
+    """Thrown into a greenlet to stop the task it runs (timeout or kill).
+
+    A BaseException, like ``gevent.Timeout``, so a task's ``except Exception`` does not
+    swallow it. It never reaches a caller: the caller gets ``error``.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error

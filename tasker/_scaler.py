@@ -1,0 +1,80 @@
+"""The scaler actor: burst workers that come under load and go when idle.
+
+Every ``burst_interval`` (on the manager's clock) it reads the manager's own counters —
+never the user's collector — and:
+
+- **scales up** when messages wait, no worker is idle, and either work arrived at
+  least as fast as it completed over the last interval or the backlog is larger than
+  what completed in it (it would not clear within one more interval). It starts
+  ``min(backlog, room, ceil((max - base) / 2))`` burst workers: never the whole
+  ceiling in one tick, yet at the ceiling within two ticks of a sustained step;
+- **scales down** the burst workers that have been parked for ``burst_linger``
+  (default ``10 * burst_interval``). The idle stack is LIFO, so its bottom holds the
+  workers idle longest: surplus workers age there while busy ones stay on top, and an
+  on/off load shorter than the linger retires nobody.
+
+It starts no worker while the supervisor's restart backoff is running.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+
+__all__ = ["Scaler"]
+
+
+class Scaler:
+    """Spawns and retires burst workers."""
+
+    def __init__(self, manager: TaskManager[Any, Any], max_workers: int, linger: float) -> None:
+        self._manager = manager
+        self._max = max_workers
+        self._step = math.ceil((max_workers - manager._config.worker_count) / 2)
+        self._linger = linger
+        self._arrived = 0
+        self._done = 0
+        self.greenlet = gevent.Greenlet(self._run)
+
+    def _run(self) -> None:
+        manager = self._manager
+        sleep = manager._clock.sleep
+        interval = manager._config.burst_interval
+        while True:
+            sleep(interval)
+            self.tick()
+
+    def tick(self) -> None:
+        """One look at the load: start or retire burst workers."""
+        manager = self._manager
+        mailbox = manager._mailbox
+        supervisor = manager._supervisor
+        arrived, self._arrived = manager._arrived - self._arrived, manager._arrived
+        done, self._done = manager._done - self._done, manager._done
+        if mailbox.closing:
+            return
+        backlog = len(mailbox)
+        if backlog and not mailbox.idle and (arrived >= done or backlog > done):
+            room = self._max - len(supervisor.workers)
+            count = min(backlog, room, self._step)
+            if count > 0 and supervisor.may_start():
+                for _ in range(count):
+                    supervisor.start_worker(burst=True)
+                manager._log("info", "tasker: started %d burst workers (backlog %d)", count, backlog)
+            return
+        cutoff = manager._now() - self._linger
+        retiring = []
+        for worker in mailbox.idle:
+            if worker.idle_since > cutoff:
+                break
+            if worker.burst:
+                retiring.append(worker)
+        for worker in retiring:
+            mailbox.retire(worker)
+        if retiring:
+            manager._log("debug", "tasker: retired %d idle burst workers", len(retiring))

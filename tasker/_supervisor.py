@@ -1,0 +1,188 @@
+"""The supervisor actor: reaps every worker that ends and decides what follows.
+
+Every worker greenlet is linked to the supervisor's inbox. For each one that ends it:
+
+- **unhealthy**: starts a replacement and redelivers the message at the front of its
+  lane while it may be retried (not at-most-once, fewer than ``max_retries``
+  redeliveries); otherwise answers the caller — ``RetriesExhaustedError`` after a
+  redelivery, the task's own exception if it was never redelivered;
+- **broken** (a task raised a BaseException of its own) or **crashed**: replaces it;
+- **create_failed**: its ``on_create`` raised. Restarts back off exponentially (0.05 s
+  doubling to 2 s, on the manager's clock) and are logged once per streak. When no
+  worker is alive, every queued message fails with ``ResourceCreationError``; new ones
+  wait for the next try, so no caller waits longer than the backoff cap.
+
+Replacements of base workers are base workers; a failed burst worker is not replaced
+(the scaler starts another when the load still calls for it, once the backoff allows).
+During a graceful stop a worker is replaced only while messages remain queued, and the
+supervisor sets ``drained`` when the last worker is gone and the lanes are empty.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import Event
+from gevent.queue import SimpleQueue
+
+from ._clock import TimerHandle
+from ._errors import ResourceCreationError, RetriesExhaustedError, TaskKilledError
+from ._worker import NO_RESOURCE, Exit, Worker
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+
+__all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "Supervisor"]
+
+BACKOFF_FIRST = 0.05  # seconds before the first retry of a failed on_create
+BACKOFF_CAP = 2.0  # seconds: the longest wait between two tries
+
+_RESTART: Any = object()  # inbox token: time to try the missing base workers again
+
+
+class Supervisor:
+    """Owns the set of workers: starts, reaps and replaces them."""
+
+    def __init__(self, manager: TaskManager[Any, Any]) -> None:
+        self._manager = manager
+        self._inbox: SimpleQueue[Any] = SimpleQueue()
+        self.workers: dict[gevent.Greenlet, Worker] = {}
+        self.drained = Event()
+        self._missing_base = 0  # base workers to start once the backoff allows
+        self._streak = 0  # consecutive on_create failures
+        self._next_start = 0.0  # no worker is started before this time
+        self._timer: TimerHandle | None = None
+        self.greenlet = gevent.Greenlet(self._run)
+
+    def start_worker(self, burst: bool, resource: Any = NO_RESOURCE) -> Worker:
+        """Start a worker; it creates its own resource unless one is given."""
+        worker = Worker(self._manager, burst, resource)
+        self.workers[worker.greenlet] = worker
+        worker.greenlet.rawlink(self._inbox.put)
+        worker.greenlet.start()
+        return worker
+
+    def may_start(self) -> bool:
+        """Whether the restart backoff allows starting a worker now."""
+        return self._manager._now() >= self._next_start
+
+    def started(self, worker: Worker) -> None:
+        """Called by a worker whose resource was created: the streak, if any, is over."""
+        if self._streak:
+            self._manager._log("info", "tasker: on_create works again after %d failures", self._streak)
+            self._streak = 0
+            self._next_start = 0.0
+
+    def poke(self) -> None:
+        """Ask the supervisor to look at the manager's state again (stop, kill)."""
+        self._inbox.put(None)
+
+    def _run(self) -> None:
+        get = self._inbox.get
+        while True:
+            item = get()
+            if item is _RESTART:
+                self._timer = None
+                self._restart_missing()
+            elif item is not None:
+                self._reap(item)
+            self._check_drained()
+
+    def _reap(self, greenlet: gevent.Greenlet) -> None:
+        worker = self.workers.pop(greenlet, None)
+        if worker is None:
+            return
+        manager = self._manager
+        outcome = greenlet.value if greenlet.successful() else None
+        if not isinstance(outcome, Exit):
+            outcome = Exit("crashed", greenlet.exception)
+        if outcome.reason == "unhealthy":
+            self._redeliver_or_answer(worker, outcome)  # first: a replacement is for queued work
+            self._replace(worker)
+        elif outcome.reason == "create_failed":
+            assert outcome.error is not None
+            self._create_failed(worker, outcome.error)
+        elif outcome.reason != "idle":
+            msg = worker.current
+            if msg is not None:  # a worker crashed while a message was assigned to it
+                manager._finish(msg, TaskKilledError(f"worker crashed: {outcome.error!r}"))
+            self._replace(worker)
+        if outcome.reason in ("unhealthy", "broken", "crashed"):
+            manager._log("warning", "tasker: retired a worker after %r", outcome.error)
+
+    def _replace(self, worker: Worker) -> None:
+        if worker.burst or self._manager._killing:
+            return
+        if self._manager._mailbox.closing and not self._manager._mailbox:
+            return
+        if self.may_start():
+            self.start_worker(burst=False)
+        else:
+            self._missing_base += 1
+            self._schedule_restart()
+
+    def _redeliver_or_answer(self, worker: Worker, outcome: Exit) -> None:
+        manager = self._manager
+        msg = outcome.message
+        exc = outcome.error
+        assert msg is not None and exc is not None
+        worker.current = None
+        if msg.ready():  # timed out or cancelled while it ran
+            return
+        redeliveries = msg._attempts - 1
+        if not msg._once and redeliveries < manager._config.max_retries:
+            manager._redeliver(msg)
+        elif redeliveries:
+            manager._finish(msg, RetriesExhaustedError(msg._attempts, exc))
+            manager._log("warning", "tasker: task failed after %d attempts: %r", msg._attempts, exc)
+        else:
+            manager._finish(msg, exc)
+
+    def _create_failed(self, worker: Worker, exc: BaseException) -> None:
+        manager = self._manager
+        self._streak += 1
+        delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self._streak - 1))
+        self._next_start = manager._now() + delay
+        if self._streak == 1:
+            manager._log("warning", "tasker: on_create failed, retrying with backoff: %r", exc)
+        if not worker.burst:
+            self._missing_base += 1
+            self._schedule_restart()
+        if not any(w.started for w in self.workers.values()):
+            error = ResourceCreationError(f"no worker could be started: on_create raised {exc!r}")
+            error.__cause__ = exc
+            for msg in manager._mailbox.drain():
+                manager._finish(msg, error)
+
+    def _schedule_restart(self) -> None:
+        if self._timer is None:
+            delay = max(0.0, self._next_start - self._manager._now())
+            self._timer = self._manager._clock.call_later(delay, self._inbox.put, _RESTART)
+
+    def _restart_missing(self) -> None:
+        manager = self._manager
+        if manager._killing or (manager._mailbox.closing and not manager._mailbox):
+            self._missing_base = 0
+            return
+        missing, self._missing_base = self._missing_base, 0
+        for _ in range(missing):
+            self.start_worker(burst=False)
+
+    def _check_drained(self) -> None:
+        manager = self._manager
+        if not manager._mailbox.closing or self.drained.is_set():
+            return
+        if not self.workers and not manager._mailbox:
+            self.drained.set()
+            manager._check_quiet()
+        elif not self.workers and self._timer is None and self._missing_base == 0:
+            # Messages remain and no worker will come: start one to drain them.
+            self._missing_base = 1
+            self._schedule_restart()
+
+    def close(self) -> None:
+        """Cancel a pending restart; the manager kills the greenlet."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,144 @@
+"""The worker actor: one greenlet that owns one resource and runs one task at a time.
+
+The worker creates its resource (unless the manager handed it one made up front), takes
+messages from the mailbox — priority lane first — runs each task in its own greenlet
+(no greenlet per task), resolves the reply, and destroys its resource when it exits.
+It exits, returning an :class:`Exit` for the supervisor to read, when:
+
+- the manager is closing and the lanes are empty, or the scaler retired it (``IDLE``);
+- a task failed unhealthily (``UNHEALTHY``, with the message and the exception; the
+  message stays ``current`` until the supervisor has redelivered or answered it);
+- a task raised a BaseException of its own (``BROKEN``; the caller already has a reply);
+- its resource could not be created (``CREATE_FAILED``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import gevent
+
+from ._context import Context
+from ._errors import TaskKilledError, TaskTimeoutError
+from ._message import Interrupt, TaskResult
+
+if TYPE_CHECKING:
+    from ._manager import TaskManager
+
+__all__ = ["NO_RESOURCE", "Exit", "Worker"]
+
+NO_RESOURCE: Any = object()  # a resource may legitimately be None
+
+
+@attrs.frozen
+class Exit:
+    """Why a worker's greenlet ended: its return value."""
+
+    reason: str  # "idle" | "unhealthy" | "broken" | "create_failed"
+    error: BaseException | None = None
+    message: TaskResult | None = None
+
+
+IDLE = Exit("idle")
+
+
+class Worker:
+    """One worker actor; ``greenlet`` runs :meth:`_main`."""
+
+    __slots__ = ("burst", "current", "greenlet", "idle_since", "in_task", "manager", "resource")
+
+    def __init__(self, manager: TaskManager[Any, Any], burst: bool, resource: Any = NO_RESOURCE) -> None:
+        self.manager = manager
+        self.burst = burst
+        self.resource = resource
+        self.current: TaskResult | None = None  # assigned message, until it is answered
+        self.in_task = False  # True only while the task's own code runs
+        self.idle_since = 0.0
+        self.greenlet = gevent.Greenlet(self._main)
+
+    @property
+    def started(self) -> bool:
+        """Whether it holds a resource (and so can run tasks)."""
+        return self.resource is not NO_RESOURCE
+
+    def _main(self) -> Exit:
+        manager = self.manager
+        if self.resource is NO_RESOURCE:
+            try:
+                self.resource = manager._config.on_create()
+            except Exception as exc:
+                return Exit("create_failed", exc)
+            manager._supervisor.started(self)
+        try:
+            return self._loop()
+        finally:
+            manager._destroy(self.resource)
+
+    def _loop(self) -> Exit:
+        manager = self.manager
+        take = manager._mailbox.take
+        run = self._run
+        while True:
+            msg = take(self)
+            if msg is None:
+                return IDLE
+            self.current = msg
+            if msg.ready():  # cancelled or killed on its way here
+                self.current = None
+                continue
+            outcome = run(msg)
+            if outcome is not None:
+                return outcome
+
+    def _run(self, msg: TaskResult) -> Exit | None:
+        manager = self.manager
+        msg._attempts += 1
+        msg._started_at = manager._now()
+        ctx = msg._ctx = Context(manager._ctx)
+        timer = None
+        if msg._timeout is not None:
+            timer = manager._clock.call_later(msg._timeout, manager._time_out, self, msg)
+        self.in_task = True
+        try:
+            value = msg._fn(ctx, self.resource)
+        except Interrupt as interrupt:  # timed out: the reply is already resolved
+            self.in_task = False
+            return self._failed(msg, interrupt.error)
+        except Exception as exc:
+            self.in_task = False
+            if timer is not None:
+                timer.cancel()
+            return self._failed(msg, exc)
+        except BaseException as exc:
+            self.in_task = False
+            if timer is not None:
+                timer.cancel()
+            return self._broken(msg, exc)
+        self.in_task = False
+        if timer is not None:
+            timer.cancel()
+        self.current = None
+        manager._finish(msg, None, value)
+        return None
+
+    def _failed(self, msg: TaskResult, exc: BaseException) -> Exit | None:
+        if self.manager._healthy(exc):
+            self.current = None
+            self.manager._finish(msg, exc)
+            return None
+        return Exit("unhealthy", exc, msg)
+
+    def _broken(self, msg: TaskResult, exc: BaseException) -> Exit:
+        """A BaseException that is not ours: answer the caller, then leave for good."""
+        manager = self.manager
+        if isinstance(exc, gevent.Timeout):
+            error: BaseException = TaskTimeoutError(f"task raised its own {exc!r}")
+        else:
+            error = TaskKilledError(f"task raised {exc!r}")
+        error.__cause__ = exc
+        self.current = None
+        manager._finish(msg, error)
+        if manager._killing or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc  # kill() is ending us; or gevent's meaning: it goes to the main greenlet
+        return Exit("broken", exc)

@@ -1,0 +1,67 @@
+"""Resources and tasks that record what happened to them, for the tests."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+from gevent.event import Event
+
+import tasker
+
+
+class Unhealthy(Exception):
+    """Raised by tasks to say their resource is bad."""
+
+
+class Healthy(Exception):
+    """An ordinary task error: the resource is fine."""
+
+
+def check_health(exc: BaseException) -> bool:
+    return not isinstance(exc, Unhealthy)
+
+
+@attrs.define
+class Resources:
+    """An on_create/on_destroy pair that counts every resource it makes and destroys."""
+
+    fail_on: set[int] = attrs.field(factory=set)  # 1-based on_create calls that raise
+    created: list[int] = attrs.field(factory=list)
+    destroyed: list[int] = attrs.field(factory=list)
+    calls: int = 0
+    _ids: Any = attrs.field(factory=lambda: itertools.count(1))
+
+    def create(self) -> int:
+        self.calls += 1
+        if self.calls in self.fail_on:
+            raise ConnectionError(f"on_create call {self.calls} fails")
+        rid = next(self._ids)
+        self.created.append(rid)
+        return rid
+
+    def destroy(self, rid: int) -> None:
+        self.destroyed.append(rid)
+
+    def assert_all_destroyed_once(self) -> None:
+        assert sorted(self.destroyed) == sorted(self.created), (self.created, self.destroyed)
+
+    def config(self, **kwargs: Any) -> tasker.Config[int]:
+        kwargs.setdefault("worker_count", 2)
+        kwargs.setdefault("check_health", check_health)
+        return tasker.Config(on_create=self.create, on_destroy=self.destroy, **kwargs)
+
+
+@attrs.define
+class Gate:
+    """A task that signals when it starts and blocks until released."""
+
+    started: Event = attrs.field(factory=Event)
+    release: Event = attrs.field(factory=Event)
+    value: Any = "gate"
+
+    def __call__(self, ctx: tasker.Context, resource: Any) -> Any:
+        self.started.set()
+        self.release.wait()
+        return self.value
