@@ -101,10 +101,22 @@ class Mailbox:
             while lane.waiters:
                 self._wake_one(lane)
 
-    def retire(self, worker: Worker) -> None:
-        """Unpark an idle worker and tell it to exit."""
-        self.idle.remove(worker)
-        self._run_callback(worker.greenlet.switch, RETIRE)
+    def retire_idle_bursts(self, cutoff: float) -> int:
+        """Unpark and end the burst workers parked since ``cutoff`` or earlier.
+
+        The stack is ordered by parking time, so they are all in one prefix of it;
+        base workers there keep their place. Returns how many were retired.
+        """
+        idle = self.idle
+        end = 0
+        while end < len(idle) and idle[end].idle_since <= cutoff:
+            end += 1
+        kept = [worker for worker in idle[:end] if not worker.burst]
+        for worker in idle[:end]:
+            if worker.burst:
+                self._run_callback(worker.greenlet.switch, RETIRE)
+        self.idle = kept + idle[end:]
+        return end - len(kept)
 
     def remove(self, msg: TaskResult) -> bool:
         """Withdraw a queued message; False if it is not queued."""

@@ -138,7 +138,7 @@ class TaskManager(Generic[R, E]):
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
             QueueFullError: no room in a bounded lane.
         """
-        fn = _task_fn(task)
+        fn = task if callable(task) else _task_fn(task)
         if timeout is None:
             timeout = self._config.task_timeout
         else:
@@ -434,15 +434,18 @@ class TaskManager(Generic[R, E]):
             return
         self._done += 1
         stamps = TaskLifecycleTimestamps(msg._queued_at, msg._started_at, self._now())
-        try:
-            if exc is None:
-                msg.set(value)
+        if exc is None:
+            msg.set(value)
+            try:
                 self._collector.record_completion(stamps)
-            else:
-                msg.set_exception(exc)
+            except Exception as error:
+                self._log("error", "tasker: collector.record_completion raised %r", error)
+        else:
+            msg.set_exception(exc)
+            try:
                 self._collector.record_failure(stamps)
-        except Exception as error:
-            self._log("error", "tasker: collector raised %r", error)
+            except Exception as error:
+                self._log("error", "tasker: collector.record_failure raised %r", error)
 
     def _redeliver(self, msg: TaskResult) -> None:
         if msg._ctx is not None and msg._ctx._cancelled:

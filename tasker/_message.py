@@ -51,7 +51,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         timeout: float | None,
         queued_at: float,
     ) -> None:
-        super().__init__()
+        AsyncResult.__init__(self)
         self._manager = manager
         self._fn = fn
         self._priority = priority

@@ -14,6 +14,7 @@ not meant to be shared between OS threads.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from ._clock import Clock, MonotonicClock
 from ._types import TaskLifecycleTimestamps, TaskMetrics
@@ -22,34 +23,43 @@ __all__ = ["Collector"]
 
 _MIN_VALUE = 1e-9  # 1 ns: anything shorter lands in bucket 0 and reads as 0.0
 _MAX_VALUE = 1e6  # seconds; longer values land in the last bucket
+_log = math.log
 
 
 class _RateWindow:
-    """Events per second over the last ``window`` seconds, in ``slots`` time slots."""
+    """Events per second over the last ``window`` seconds.
 
-    __slots__ = ("_counts", "_ids", "_n", "_start", "_width")
+    Counting is one comparison and one increment: the running total is snapshotted
+    only when time crosses a slot boundary, into a ring of ``slots`` snapshots.
+    """
+
+    __slots__ = ("_marks", "_width", "_window", "count", "next_roll")
 
     def __init__(self, window: float, slots: int, start: float) -> None:
-        self._n = slots
         self._width = window / slots
-        self._counts = [0] * slots
-        self._ids = [-1] * slots
-        self._start = start
+        self._window = window
+        self.count = 0
+        self.next_roll = start + self._width
+        self._marks: deque[tuple[float, int]] = deque([(start, 0)], maxlen=slots + 1)
 
-    def add(self, now: float) -> None:
-        slot = int(now / self._width)
-        i = slot % self._n
-        if self._ids[i] != slot:
-            self._ids[i] = slot
-            self._counts[i] = 0
-        self._counts[i] += 1
+    def roll(self, now: float) -> None:
+        """Snapshot the total at each slot boundary passed since the last roll."""
+        width = self._width
+        if now - self.next_roll >= self._window:
+            # Silent for a whole window: nothing happened since (now - window).
+            self._marks.clear()
+            self._marks.append((now - self._window, self.count))
+            self.next_roll += (int((now - self.next_roll) // width) + 1) * width
+            return
+        while now >= self.next_roll:
+            self._marks.append((self.next_roll, self.count))
+            self.next_roll += width
 
     def rate(self, now: float) -> float:
-        current = int(now / self._width)
-        oldest = current - self._n + 1
-        total = sum(c for c, s in zip(self._counts, self._ids, strict=True) if oldest <= s <= current)
-        span = min(now - self._start, now - oldest * self._width)
-        return total / span if span > 0 else 0.0
+        self.roll(now)
+        since, count_then = self._marks[0]
+        span = now - since
+        return (self.count - count_then) / span if span > 0 else 0.0
 
 
 class Collector:
@@ -80,7 +90,9 @@ class Collector:
         gamma = (1 + relative_error) / (1 - relative_error)
         self._gamma = gamma
         self._inv_log_gamma = 1.0 / math.log(gamma)
+        self._log_offset = -math.log(_MIN_VALUE) * self._inv_log_gamma
         self._buckets = [0] * (int(math.log(_MAX_VALUE / _MIN_VALUE) * self._inv_log_gamma) + 2)
+        self._last = len(self._buckets) - 1
         self._ran = 0
         self._exec_sum = 0.0
         self._exec_min = math.inf
@@ -94,7 +106,11 @@ class Collector:
         self._finishes = _RateWindow(window, 20, now)
 
     def record_arrival(self) -> None:
-        self._arrivals.add(self._clock.now())
+        now = self._clock.now()
+        arrivals = self._arrivals
+        if now >= arrivals.next_roll:
+            arrivals.roll(now)
+        arrivals.count += 1
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
         self._completed += 1
@@ -109,7 +125,10 @@ class Collector:
 
     def _record(self, stamps: TaskLifecycleTimestamps) -> None:
         finished = stamps.finished_at
-        self._finishes.add(finished)
+        finishes = self._finishes
+        if finished >= finishes.next_roll:
+            finishes.roll(finished)
+        finishes.count += 1
         started = stamps.started_at
         if started is None:
             return
@@ -121,11 +140,11 @@ class Collector:
             self._exec_min = took
         if took > self._exec_max:
             self._exec_max = took
-        if took <= _MIN_VALUE:
-            self._buckets[0] += 1
+        if took > _MIN_VALUE:
+            i = math.ceil(_log(took) * self._inv_log_gamma + self._log_offset)
+            self._buckets[i if i < self._last else self._last] += 1
         else:
-            i = math.ceil(math.log(took / _MIN_VALUE) * self._inv_log_gamma)
-            self._buckets[min(i, len(self._buckets) - 1)] += 1
+            self._buckets[0] += 1
 
     def _percentile(self, q: float) -> float:
         rank = max(1, math.ceil(q * self._ran))

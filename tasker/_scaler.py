@@ -67,14 +67,6 @@ class Scaler:
                     supervisor.start_worker(burst=True)
                 manager._log("info", "tasker: started %d burst workers (backlog %d)", count, backlog)
             return
-        cutoff = manager._now() - self._linger
-        retiring = []
-        for worker in mailbox.idle:
-            if worker.idle_since > cutoff:
-                break
-            if worker.burst:
-                retiring.append(worker)
-        for worker in retiring:
-            mailbox.retire(worker)
-        if retiring:
-            manager._log("debug", "tasker: retired %d idle burst workers", len(retiring))
+        retired = mailbox.retire_idle_bursts(manager._now() - self._linger)
+        if retired:
+            manager._log("debug", "tasker: retired %d idle burst workers", retired)

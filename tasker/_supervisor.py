@@ -86,7 +86,10 @@ class Supervisor:
                 self._timer = None
                 self._restart_missing()
             elif item is not None:
-                self._reap(item)
+                try:
+                    self._reap(item)
+                except Exception as exc:  # a bug here must not strand every caller
+                    self._manager._log("error", "tasker: supervisor failed to reap a worker: %r", exc)
             self._check_drained()
 
     def _reap(self, greenlet: gevent.Greenlet) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -21,9 +21,12 @@ R_contra = TypeVar("R_contra", contravariant=True)
 E_co = TypeVar("E_co", covariant=True)
 
 
-@attrs.frozen
-class TaskLifecycleTimestamps:
-    """When one task was queued, started and finished, in seconds of the manager's clock."""
+class TaskLifecycleTimestamps(NamedTuple):
+    """When one task was queued, started and finished, in seconds of the manager's clock.
+
+    Immutable. A NamedTuple rather than a frozen attrs class because one is made for
+    every task on the hot path, and a tuple is built about twice as fast.
+    """
 
     queued_at: float
     """When the submission was accepted."""
