@@ -30,9 +30,12 @@ def _bind(fn: ItemFn, item: Any) -> Callable[[Context, Any], Any]:
 
 
 def _outcome(reply: TaskResult, return_exceptions: bool) -> Any:
-    if return_exceptions and not reply.successful():
-        return reply.exception
-    return reply.get()
+    try:
+        return reply.get()
+    except Exception as exc:
+        if return_exceptions:
+            return exc
+        raise
 
 
 def map_ordered(

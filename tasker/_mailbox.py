@@ -2,24 +2,28 @@
 
 Idle workers park on their own one-slot mailbox (a raw switch into the hub), stacked
 LIFO: a submission that finds an idle worker hands the message straight to the most
-recently parked one — O(1) however many are parked, hot workers stay hot, and the
-bottom of the stack is the workers idle longest, which is where the scaler looks for
-burst workers to retire. A worker only parks when both lanes are empty, so a non-empty
-idle stack means empty lanes: every taker sees priority messages first.
+recently parked one — O(1) however many are parked, and hot workers stay hot. Base
+and burst workers park on two stacks, and a message goes to an idle base worker first:
+so after a spike the burst workers, not the base ones, are the surplus that stays
+parked, and the bottom of the burst stack (parked longest) is where the scaler retires
+them. A worker only parks when both lanes are empty, so a parked worker means empty
+lanes: every taker sees priority messages first.
 
 With ``max_size``, each lane holds at most that many messages; submitters wait for
-room on a FIFO of gevent waiters, each woken when a message leaves the lane.
+room on a FIFO of gevent waiters, each woken when a message leaves the lane (a
+redelivered message goes in regardless, so a lane can briefly hold one more per
+redelivery: the supervisor never blocks).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.hub import Waiter
 
+from ._clock import Clock
 from ._errors import QueueFullError
 from ._message import TaskResult
 
@@ -44,16 +48,29 @@ class Lane(deque):  # type: ignore[type-arg]
 class Mailbox:
     """Where messages wait and where idle workers park."""
 
-    __slots__ = ("_now", "_run_callback", "_switch_to_hub", "closing", "idle", "main", "max_size", "priority")
+    __slots__ = (
+        "_call_later",
+        "_now",
+        "_run_callback",
+        "_switch_to_hub",
+        "closing",
+        "idle",
+        "idle_burst",
+        "main",
+        "max_size",
+        "priority",
+    )
 
-    def __init__(self, max_size: int | None, now: Callable[[], float]) -> None:
+    def __init__(self, max_size: int | None, clock: Clock) -> None:
         hub = gevent.get_hub()
         self._run_callback = hub.loop.run_callback
         self._switch_to_hub = hub.switch
-        self._now = now
+        self._now = clock.now
+        self._call_later = clock.call_later
         self.main = Lane()
         self.priority = Lane()
-        self.idle: list[Worker] = []
+        self.idle: list[Worker] = []  # parked base workers, LIFO
+        self.idle_burst: list[Worker] = []  # parked burst workers, LIFO; used only when no base worker is idle
         self.max_size = max_size
         self.closing = False  # draining or killed: workers exit instead of parking
 
@@ -62,8 +79,8 @@ class Mailbox:
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
-        if self.idle:
-            worker = self.idle.pop()
+        if self.idle or self.idle_burst:
+            worker = self.idle.pop() if self.idle else self.idle_burst.pop()
             worker.current = msg
             self._run_callback(worker.greenlet.switch, msg)
         elif front:
@@ -83,7 +100,7 @@ class Mailbox:
             if self.closing:
                 return None
             worker.idle_since = self._now()
-            self.idle.append(worker)
+            (self.idle_burst if worker.burst else self.idle).append(worker)
             woken = self._switch_to_hub()
             if woken is RETIRE:
                 return None
@@ -94,7 +111,7 @@ class Mailbox:
     def close(self) -> None:
         """From now on workers exit when the lanes are empty; wake everyone waiting."""
         self.closing = True
-        idle, self.idle = self.idle, []
+        idle, self.idle, self.idle_burst = self.idle + self.idle_burst, [], []
         for worker in idle:
             self._run_callback(worker.greenlet.switch, None)
         for lane in (self.main, self.priority):
@@ -104,19 +121,17 @@ class Mailbox:
     def retire_idle_bursts(self, cutoff: float) -> int:
         """Unpark and end the burst workers parked since ``cutoff`` or earlier.
 
-        The stack is ordered by parking time, so they are all in one prefix of it;
-        base workers there keep their place. Returns how many were retired.
+        The burst stack is ordered by parking time, so they are one prefix of it.
+        Returns how many were retired.
         """
-        idle = self.idle
+        idle = self.idle_burst
         end = 0
         while end < len(idle) and idle[end].idle_since <= cutoff:
             end += 1
-        kept = [worker for worker in idle[:end] if not worker.burst]
         for worker in idle[:end]:
-            if worker.burst:
-                self._run_callback(worker.greenlet.switch, RETIRE)
-        self.idle = kept + idle[end:]
-        return end - len(kept)
+            self._run_callback(worker.greenlet.switch, RETIRE)
+        del idle[:end]
+        return end
 
     def remove(self, msg: TaskResult) -> bool:
         """Withdraw a queued message; False if it is not queued."""
@@ -139,10 +154,11 @@ class Mailbox:
         return msgs
 
     def wait_for_room(self, priority: bool, block: bool, timeout: float | None) -> None:
-        """Block the submitter until its lane has room (cooperatively).
+        """Block the submitter until its lane has room (cooperatively, in FIFO order).
 
         Raises:
-            QueueFullError: no room at once with ``block=False``, or within ``timeout``.
+            QueueFullError: no room at once with ``block=False``, or within ``timeout``
+                seconds of the manager's clock.
         """
         lane = self.priority if priority else self.main
         max_size = self.max_size
@@ -152,22 +168,34 @@ class Mailbox:
         name = "priority" if priority else "main"
         if not block:
             raise QueueFullError(f"the {name} lane is full ({max_size} messages)")
-        timer = gevent.Timeout._start_new_or_dummy(timeout)
+        waiter = Waiter()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            try:
+                lane.waiters.remove(waiter)
+            except ValueError:
+                return  # already woken for room, or not waiting right now
+            self._run_callback(waiter.switch, None)
+
+        timer = self._call_later(timeout, expire) if timeout is not None else None
+        enter = lane.waiters.append
         try:
             while len(lane) >= max_size and not self.closing:
-                waiter = Waiter()
-                lane.waiters.append(waiter)
+                if expired:
+                    raise QueueFullError(f"no room in the {name} lane within {timeout} s")
+                enter(waiter)
+                enter = lane.waiters.appendleft  # woken but beaten to the room: keep our place
                 try:
                     waiter.get()
                 except BaseException:
                     self._leave(lane, waiter)
                     raise
-        except gevent.Timeout as t:
-            if t is not timer:
-                raise
-            raise QueueFullError(f"no room in the {name} lane within {timeout} s") from None
         finally:
-            timer.close()
+            if timer is not None:
+                timer.cancel()
 
     def blocked_submitters(self) -> int:
         return len(self.main.waiters) + len(self.priority.waiters)

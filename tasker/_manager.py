@@ -86,17 +86,22 @@ class TaskManager(Generic[R, E]):
         self._arrived = 0  # accepted submissions (the scaler's own counters)
         self._done = 0  # resolved replies
         self._callbacks = 0  # callbacks not yet returned
-        self._mailbox = Mailbox(config.max_queue_size, self._now)
+        self._callback_greenlets: set[Any] = set()  # greenlets inside a callback now
+        self._excused_runs = 0  # run_task calls / callbacks that stop()/kill() was called from:
+        self._excused_callbacks = 0  # shutdown must not wait for its own caller
+        self._mailbox = Mailbox(config.max_queue_size, self._clock)
         self._supervisor = Supervisor(self)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
         made: list[Any] = []
         try:
             for _ in range(pool_size + config.worker_count):
                 made.append(config.on_create())
-        except Exception as exc:
+        except BaseException as exc:
             for resource in made:
                 self._destroy(resource)
-            raise ResourceCreationError(f"on_create raised {exc!r} while starting the manager") from exc
+            if isinstance(exc, Exception):
+                raise ResourceCreationError(f"on_create raised {exc!r} while starting the manager") from exc
+            raise
         self._pool = ResourcePool(self, made[:pool_size])
         self._supervisor.greenlet.start()
         for resource in made[pool_size:]:
@@ -215,6 +220,8 @@ class TaskManager(Generic[R, E]):
         reply.rawlink(lambda r: gevent.spawn(self._call_back, callback, r))
 
     def _call_back(self, callback: Callback, reply: TaskResult) -> None:
+        me = getcurrent()
+        self._callback_greenlets.add(me)
         try:
             if reply.successful():
                 callback(reply.value, None)
@@ -223,6 +230,7 @@ class TaskManager(Generic[R, E]):
         except Exception as exc:
             self._log("error", "tasker: callback %r raised %r", callback, exc)
         finally:
+            self._callback_greenlets.discard(me)
             self._callbacks -= 1
             self._check_quiet()
 
@@ -329,7 +337,14 @@ class TaskManager(Generic[R, E]):
         if self._stop_called or self._kill_called:
             raise ManagerStoppedError("stop() or kill() was already called")
         _check_timeout(timeout)
+        me = getcurrent()
+        if me in self._supervisor.workers or me in self._pool.running:
+            raise RuntimeError(
+                "stop() called from inside one of this manager's tasks would wait for itself; "
+                "call kill(), or stop() from another greenlet (gevent.spawn(manager.stop))"
+            )
         self._stop_called = True
+        self._excuse(me)
         return self._graceful(timeout)
 
     def kill(self) -> None:
@@ -345,6 +360,7 @@ class TaskManager(Generic[R, E]):
         if self._kill_called or self._finished.is_set():
             raise ManagerStoppedError("kill() was already called, or the manager has stopped")
         self._kill_called = True
+        self._excuse(getcurrent())
         self._kill_now()
         self._teardown()
 
@@ -361,12 +377,17 @@ class TaskManager(Generic[R, E]):
         self._mailbox.close()
         self._supervisor.poke()
 
+    def _excuse(self, caller: Any) -> None:
+        """Shutdown called from a run_task task or a callback must not wait for itself."""
+        self._excused_runs = self._pool.running.count(caller)
+        self._excused_callbacks = int(caller in self._callback_greenlets)
+
     def _check_quiet(self) -> None:
         if (
             not self._accepting
             and self._supervisor.drained.is_set()
-            and not self._pool.in_flight
-            and not self._callbacks
+            and self._pool.in_flight <= self._excused_runs
+            and self._callbacks <= self._excused_callbacks
         ):
             self._quiet.set()
 
@@ -390,6 +411,7 @@ class TaskManager(Generic[R, E]):
     def _kill_now(self) -> None:
         self._killing = True
         self._close()
+        me = getcurrent()  # kill() may come from inside a task: never interrupt the caller
         supervisor = self._supervisor
         supervisor.close()
         gevent.killall([g for g in (supervisor.greenlet, self._scaler and self._scaler.greenlet) if g])
@@ -398,11 +420,15 @@ class TaskManager(Generic[R, E]):
             self._finish(msg, TaskKilledError("dropped from the queue by kill()"))
         workers = list(supervisor.workers.values())
         for worker in workers:
-            if worker.current is not None:
+            if worker.current is not None and worker.greenlet is not me:
                 self._finish(worker.current, TaskKilledError("interrupted by kill()"))
-        for greenlet in list(self._pool.running):
-            self._hub.loop.run_callback(self._throw_run_task, greenlet)
-        gevent.killall([w.greenlet for w in workers])
+        for greenlet in self._pool.running:
+            if greenlet is not me:
+                self._hub.loop.run_callback(self._throw_run_task, greenlet)
+        gevent.killall([w.greenlet for w in workers if w.greenlet is not me])
+        for worker in workers:
+            if worker.greenlet is not me:
+                worker.release()  # a worker killed before it first ran still holds its resource
         supervisor.workers.clear()
         supervisor.drained.set()
         self._check_quiet()

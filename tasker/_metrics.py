@@ -33,11 +33,12 @@ class _RateWindow:
     only when time crosses a slot boundary, into a ring of ``slots`` snapshots.
     """
 
-    __slots__ = ("_marks", "_width", "_window", "count", "next_roll")
+    __slots__ = ("_marks", "_slots", "_width", "_window", "count", "next_roll")
 
     def __init__(self, window: float, slots: int, start: float) -> None:
         self._width = window / slots
         self._window = window
+        self._slots = slots
         self.count = 0
         self.next_roll = start + self._width
         self._marks: deque[tuple[float, int]] = deque([(start, 0)], maxlen=slots + 1)
@@ -47,9 +48,11 @@ class _RateWindow:
         width = self._width
         if now - self.next_roll >= self._window:
             # Silent for a whole window: nothing happened since (now - window).
-            self._marks.clear()
-            self._marks.append((now - self._window, self.count))
             self.next_roll += (int((now - self.next_roll) // width) + 1) * width
+            last = self.next_roll - width
+            marks = self._marks
+            marks.clear()
+            marks.extend((last - k * width, self.count) for k in range(self._slots, -1, -1))
             return
         while now >= self.next_roll:
             self._marks.append((self.next_roll, self.count))

@@ -67,7 +67,7 @@ class ResourcePool:
                 finally:
                     self.running.remove(current)
             finally:
-                if temporary:
+                if temporary or manager._tearing_down:  # torn down under us: kill() from this task
                     manager._destroy(resource)
                 else:
                     self._free.append(resource)

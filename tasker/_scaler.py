@@ -59,8 +59,8 @@ class Scaler:
         if mailbox.closing:
             return
         backlog = len(mailbox)
-        if backlog and not mailbox.idle and (arrived >= done or backlog > done):
-            room = self._max - len(supervisor.workers)
+        if backlog and not (mailbox.idle or mailbox.idle_burst) and (arrived >= done or backlog > done):
+            room = self._max - len(supervisor.workers) - supervisor.pending_restarts
             count = min(backlog, room, self._step)
             if count > 0 and supervisor.may_start():
                 for _ in range(count):

@@ -63,6 +63,11 @@ class Supervisor:
         worker.greenlet.start()
         return worker
 
+    @property
+    def pending_restarts(self) -> int:
+        """Base workers waiting for the backoff to allow their restart."""
+        return self._missing_base
+
     def may_start(self) -> bool:
         """Whether the restart backoff allows starting a worker now."""
         return self._manager._now() >= self._next_start

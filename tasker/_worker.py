@@ -67,13 +67,20 @@ class Worker:
         if self.resource is NO_RESOURCE:
             try:
                 self.resource = manager._config.on_create()
-            except Exception as exc:
+            except (Exception, gevent.Timeout) as exc:  # gevent.Timeout: on_create bounded its own connect
                 return Exit("create_failed", exc)
             manager._supervisor.started(self)
         try:
             return self._loop()
         finally:
-            manager._destroy(self.resource)
+            self.release()
+
+    def release(self) -> None:
+        """Destroy the resource unless that was done already (by this worker, or by kill()
+        for a worker that was killed before its greenlet ever ran)."""
+        resource, self.resource = self.resource, NO_RESOURCE
+        if resource is not NO_RESOURCE:
+            self.manager._destroy(resource)
 
     def _loop(self) -> Exit:
         manager = self.manager
