@@ -1,0 +1,546 @@
+"""The mailbox: two FIFO lanes (priority first), a LIFO idle stack, and room for submitters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import gevent
+import pytest
+from gevent.event import Event
+from helpers import Gate, Resources
+
+import tasker
+from tasker import MonotonicClock
+from tasker._mailbox import Mailbox
+from tasker._message import TaskResult
+from tasker.testing import FakeClock
+
+
+def message(name: str, priority: bool = False) -> TaskResult:
+    """A bare envelope for the mailbox alone; its task is its name."""
+    return TaskResult(None, name, priority, False, None, 0.0)
+
+
+@attrs.define(eq=False)
+class FakeWorker:
+    """The part of a Worker the mailbox touches, running a loop that records what it takes."""
+
+    mailbox: Mailbox
+    name: str
+    burst: bool = False
+    current: Any = None
+    idle_since: float = 0.0
+    taken: list[Any] = attrs.field(factory=list)
+    busy: dict[str, Event] = attrs.field(factory=dict)  # message name -> released when done
+    greenlet: gevent.Greenlet = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.greenlet = gevent.spawn(self.run)
+
+    def run(self) -> None:
+        while True:
+            msg = self.mailbox.take(self)  # type: ignore[arg-type]
+            if msg is None:
+                return
+            self.taken.append(msg._fn)
+            hold = self.busy.get(msg._fn)
+            if hold is not None:
+                hold.wait()
+
+
+def take_all(mailbox: Mailbox) -> list[str]:
+    """Drain the lanes as one worker would, without ever parking."""
+    names = []
+    while len(mailbox):
+        msg = mailbox.take(None)  # type: ignore[arg-type]
+        assert msg is not None
+        names.append(msg._fn)
+    return names
+
+
+class TestLanes:
+    """Without parked workers, messages queue in their lane: priority first, FIFO within each."""
+
+    def test_priority_before_main_fifo_within(self) -> None:
+        mailbox = Mailbox(None, MonotonicClock())
+        for name, priority in [("m1", False), ("p1", True), ("m2", False), ("p2", True), ("m3", False)]:
+            mailbox.put(message(name, priority))
+        assert (len(mailbox.main), len(mailbox.priority), len(mailbox)) == (3, 2, 5)
+        assert take_all(mailbox) == ["p1", "p2", "m1", "m2", "m3"]
+
+    def test_put_front_goes_to_head_of_its_lane(self) -> None:
+        mailbox = Mailbox(None, MonotonicClock())
+        mailbox.put(message("m1"))
+        mailbox.put(message("p1", True))
+        mailbox.put(message("m0"), front=True)
+        mailbox.put(message("p0", True), front=True)
+        assert take_all(mailbox) == ["p0", "p1", "m0", "m1"]
+
+    def test_remove_queued(self) -> None:
+        mailbox = Mailbox(None, MonotonicClock())
+        msgs = [message("a"), message("b"), message("c", True)]
+        for msg in msgs:
+            mailbox.put(msg)
+        assert mailbox.remove(msgs[1]) is True
+        assert mailbox.remove(msgs[1]) is False
+        assert mailbox.remove(msgs[2]) is True
+        assert mailbox.remove(message("never queued")) is False
+        assert take_all(mailbox) == ["a"]
+        assert mailbox.remove(msgs[0]) is False  # taken, no longer queued
+
+    def test_drain_priority_first_and_empties(self) -> None:
+        mailbox = Mailbox(None, MonotonicClock())
+        for name, priority in [("m1", False), ("p1", True), ("m2", False)]:
+            mailbox.put(message(name, priority))
+        assert [m._fn for m in mailbox.drain()] == ["p1", "m1", "m2"]
+        assert len(mailbox) == 0
+
+
+class TestIdleStack:
+    """A message goes straight to the most recently parked worker."""
+
+    @pytest.fixture
+    def mailbox(self) -> Iterator[Mailbox]:
+        mailbox = Mailbox(None, MonotonicClock())
+        yield mailbox
+        mailbox.close()
+        gevent.idle()
+
+    def test_parked_workers_stack_in_parking_order(self, mailbox: Mailbox) -> None:
+        workers = [FakeWorker(mailbox, name) for name in "abc"]
+        gevent.idle()
+        assert mailbox.idle == workers
+        mailbox.put(message("m1"))
+        gevent.idle()
+        assert workers[2].taken == ["m1"]
+        mailbox.put(message("m2"))  # c parked again, on top
+        gevent.idle()
+        assert [w.taken for w in workers] == [[], [], ["m1", "m2"]]
+
+    def test_lifo_after_busy_period(self, mailbox: Mailbox) -> None:
+        a, b, c = (FakeWorker(mailbox, name) for name in "abc")
+        holds = {name: Event() for name in ("x", "y", "z")}
+        for worker in (a, b, c):
+            worker.busy.update(holds)
+        gevent.idle()
+        for name in ("x", "y", "z"):
+            mailbox.put(message(name))
+        gevent.idle()
+        assert (a.taken, b.taken, c.taken) == (["z"], ["y"], ["x"])
+        assert mailbox.idle == []
+        # Finish in the order a, c, b: b parks last, so it is on top.
+        for name in ("z", "x", "y"):
+            holds[name].set()
+            gevent.idle()
+        assert mailbox.idle == [a, c, b]
+        mailbox.put(message("next"))
+        gevent.idle()
+        assert b.taken == ["y", "next"]
+
+    def test_handoff_does_not_queue(self, mailbox: Mailbox) -> None:
+        worker = FakeWorker(mailbox, "a")
+        gevent.idle()
+        msg = message("m", priority=True)
+        mailbox.put(msg)
+        assert len(mailbox) == 0
+        assert worker.current is msg
+        gevent.idle()
+        assert worker.taken == ["m"]
+
+    def test_idle_since_is_the_parking_time(self) -> None:
+        clock = FakeClock(start=7.0)
+        mailbox = Mailbox(None, clock)
+        worker = FakeWorker(mailbox, "a")
+        gevent.idle()
+        assert worker.idle_since == 7.0
+        clock.advance(3.0)
+        mailbox.put(message("m"))
+        gevent.idle()
+        assert worker.idle_since == 10.0
+        mailbox.close()
+        gevent.idle()
+        assert worker.greenlet.dead
+
+    def test_close_ends_parked_workers_after_the_lanes_empty(self, mailbox: Mailbox) -> None:
+        hold = Event()
+        busy = FakeWorker(mailbox, "busy", busy={"h": hold})
+        parked = FakeWorker(mailbox, "parked")
+        gevent.idle()
+        mailbox.put(message("h"))  # to parked (top)
+        gevent.idle()
+        mailbox.put(message("q1"))  # to busy
+        mailbox.put(message("q2"))
+        mailbox.put(message("q3"))
+        gevent.idle()
+        mailbox.close()
+        gevent.idle()
+        assert mailbox.idle == []
+        hold.set()
+        gevent.joinall([busy.greenlet, parked.greenlet], timeout=5)
+        assert busy.greenlet.dead and parked.greenlet.dead
+        assert sorted(busy.taken + parked.taken) == ["h", "q1", "q2", "q3"]
+
+
+class TestRoomInIsolation:
+    """With ``max_size``, submitters wait for room in their own lane, in FIFO order."""
+
+    def full(self, max_size: int = 1) -> tuple[Mailbox, list[TaskResult]]:
+        mailbox = Mailbox(max_size, MonotonicClock())
+        msgs = [message(f"m{i}") for i in range(max_size)]
+        for msg in msgs:
+            mailbox.put(msg)
+        return mailbox, msgs
+
+    def test_no_block_raises_at_once(self) -> None:
+        mailbox, _ = self.full()
+        with pytest.raises(tasker.QueueFullError):
+            mailbox.wait_for_room(False, False, None)
+        mailbox.wait_for_room(True, False, None)  # the priority lane has room
+
+    def test_timeout(self) -> None:
+        mailbox, _ = self.full()
+        started = time.monotonic()
+        with pytest.raises(tasker.QueueFullError):
+            mailbox.wait_for_room(False, True, 0.02)
+        assert time.monotonic() - started >= 0.015
+        assert mailbox.blocked_submitters() == 0
+
+    def test_waiters_get_room_in_order(self) -> None:
+        mailbox, msgs = self.full()
+        done: list[str] = []
+
+        def submit(name: str) -> None:
+            mailbox.wait_for_room(False, True, None)
+            done.append(name)
+            mailbox.put(message(name))
+
+        waiters = [gevent.spawn(submit, name) for name in ("w1", "w2")]
+        gevent.idle()
+        assert mailbox.blocked_submitters() == 2
+        assert mailbox.remove(msgs[0])
+        gevent.idle()
+        assert done == ["w1"]
+        assert mailbox.blocked_submitters() == 1
+        assert take_all(mailbox) == ["w1"]
+        gevent.joinall(waiters, timeout=5)
+        assert done == ["w1", "w2"]
+
+    def test_waiters_keep_their_place_when_a_submitter_barges_in(self) -> None:
+        mailbox, msgs = self.full()
+        done: list[str] = []
+
+        def submit(name: str) -> None:
+            mailbox.wait_for_room(False, True, None)
+            done.append(name)
+            mailbox.put(message(name))
+
+        first = gevent.spawn(submit, "first")
+        gevent.idle()
+        second = gevent.spawn(submit, "second")
+        gevent.idle()
+        assert mailbox.remove(msgs[0])  # room: "first" is woken...
+        submit("barger")  # ...but a new submitter takes the room before it runs
+        gevent.idle()
+        assert done == ["barger"]
+        assert take_all(mailbox) == ["barger"]  # room again
+        gevent.idle()
+        try:
+            assert done == ["barger", "first"]
+        finally:
+            mailbox.close()
+            gevent.joinall([first, second], timeout=5)
+
+    def test_close_releases_waiters(self) -> None:
+        mailbox, _ = self.full()
+        waiters = [gevent.spawn(mailbox.wait_for_room, p, True, None) for p in (False, False)]
+        gevent.idle()
+        mailbox.close()
+        gevent.joinall(waiters, timeout=5)
+        assert all(w.successful() for w in waiters)
+        assert mailbox.blocked_submitters() == 0
+
+    def test_a_waiter_giving_up_as_it_is_woken_passes_the_room_on(self) -> None:
+        mailbox, msgs = self.full()
+        outcome: list[str] = []
+
+        class GiveUp(Exception):
+            pass
+
+        def submit(name: str) -> None:
+            try:
+                mailbox.wait_for_room(False, True, None)
+            except GiveUp:
+                outcome.append(f"{name} gave up")
+            else:
+                outcome.append(f"{name} got room")
+
+        first, second = gevent.spawn(submit, "first"), gevent.spawn(submit, "second")
+        gevent.idle()
+        first.kill(GiveUp, block=False)  # lands before the wake-up below
+        assert mailbox.remove(msgs[0])  # wakes "first", which is leaving
+        gevent.joinall([first, second], timeout=5)
+        assert outcome == ["first gave up", "second got room"]
+
+
+def catching(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; return its exception instead of raising it (keeps gevent from printing it)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        return exc
+
+
+def manager_config(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
+    kwargs.setdefault("worker_count", 1)
+    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
+    kwargs.setdefault("resource_pool_size", 0)
+    return resources.config(**kwargs)
+
+
+def record(order: list[Any], name: Any) -> Any:
+    def task(ctx: tasker.Context, resource: int) -> Any:
+        order.append(name)
+        return name
+
+    return task
+
+
+class TestManagerOrder:
+    """Through a TaskManager: a worker always takes priority messages first, each lane FIFO."""
+
+    def test_priority_lane_first_fifo_within(self) -> None:
+        resources = Resources()
+        order: list[str] = []
+        with tasker.TaskManager(manager_config(resources)) as manager:
+            gate = Gate()
+            held = manager.submit(gate)
+            assert gate.started.wait(5)
+            plan = [("m1", False), ("m2", False), ("p1", True), ("m3", False), ("p2", True), ("p3", True)]
+            replies = [manager.submit(record(order, n), priority=p) for n, p in plan]
+            stats = manager.stats()
+            assert (stats.queued_tasks, stats.priority_tasks, stats.active_workers) == (3, 3, 1)
+            gate.release.set()
+            assert [r.get(timeout=5) for r in replies] == [n for n, _ in plan]
+            assert held.get(timeout=5) == "gate"
+        assert order == ["p1", "p2", "p3", "m1", "m2", "m3"]
+        resources.assert_all_destroyed_once()
+
+    def test_priority_overtakes_even_when_submitted_last(self) -> None:
+        resources = Resources()
+        order: list[int] = []
+        with tasker.TaskManager(manager_config(resources)) as manager:
+            gate = Gate()
+            manager.submit(gate)
+            assert gate.started.wait(5)
+            replies = [manager.submit(record(order, i)) for i in range(20)]
+            urgent = manager.submit(record(order, "urgent"), priority=True)
+            gate.release.set()
+            urgent.get(timeout=5)
+            gevent.joinall(replies, timeout=5)
+        assert order == ["urgent", *range(20)]
+
+    def test_cancel_removes_a_queued_message(self) -> None:
+        resources = Resources()
+        order: list[str] = []
+        with tasker.TaskManager(manager_config(resources)) as manager:
+            gate = Gate()
+            manager.submit(gate)
+            assert gate.started.wait(5)
+            keep = manager.submit(record(order, "keep"))
+            drop = manager.submit(record(order, "drop"))
+            assert manager.stats().queued_tasks == 2
+            assert drop.cancel() is True
+            assert manager.stats().queued_tasks == 1
+            with pytest.raises(tasker.CancelledError):
+                drop.get(timeout=5)
+            gate.release.set()
+            assert keep.get(timeout=5) == "keep"
+            assert drop.cancel() is False
+        assert order == ["keep"]
+
+
+def resource_task(seen: list[int]) -> Any:
+    def task(ctx: tasker.Context, resource: int) -> int:
+        seen.append(resource)
+        return resource
+
+    return task
+
+
+@attrs.define
+class HoldingGate(Gate):
+    """A Gate that also remembers the resource it ran with."""
+
+    resource: int | None = None
+
+    def __call__(self, ctx: tasker.Context, resource: Any) -> Any:
+        self.resource = resource
+        return super().__call__(ctx, resource)
+
+
+class TestManagerIdleStack:
+    """Through a TaskManager: the most recently parked worker gets the next message."""
+
+    def test_hot_worker_stays_hot(self) -> None:
+        resources = Resources()
+        with tasker.TaskManager(manager_config(resources, worker_count=3)) as manager:
+            seen: list[int] = []
+            for _ in range(6):
+                manager.queue_task(resource_task(seen))
+        # The first message may be queued before any worker parks; from then on the
+        # worker that just finished is on top of the stack and takes every next one.
+        assert len(set(seen[1:])) == 1, seen
+
+    def test_last_parked_first_served(self) -> None:
+        resources = Resources()
+        with tasker.TaskManager(manager_config(resources, worker_count=3)) as manager:
+            gates = [HoldingGate() for _ in range(3)]
+            replies = [manager.submit(g) for g in gates]
+            for gate in gates:
+                assert gate.started.wait(5)
+            ids = [g.resource for g in gates]
+            assert sorted(ids) == sorted(resources.created)  # one per worker
+            # Release in the order 0, 2, 1: the worker of gate 1 parks last.
+            for i in (0, 2, 1):
+                gates[i].release.set()
+                replies[i].get(timeout=5)
+            seen: list[int] = []
+            assert manager.queue_task(resource_task(seen)) == ids[1]
+            # Hold that worker: the next parked one down the stack is gate 2's.
+            hold = HoldingGate()
+            held = manager.submit(hold)
+            assert hold.started.wait(5)
+            assert hold.resource == ids[1]
+            assert manager.queue_task(resource_task(seen)) == ids[2]
+            hold.release.set()
+            held.get(timeout=5)
+        resources.assert_all_destroyed_once()
+
+
+class TestBoundedQueue:
+    """With ``max_queue_size``, submitters wait for room, time out, or are told to go away."""
+
+    def filled(self, resources: Resources, size: int = 2, **kwargs: Any) -> tuple[Any, Gate, list[TaskResult]]:
+        manager = tasker.TaskManager(manager_config(resources, max_queue_size=size, **kwargs))
+        gate = Gate()
+        replies = [manager.submit(gate)]
+        assert gate.started.wait(5)
+        replies += [manager.submit(lambda ctx, r, i=i: i) for i in range(size)]
+        assert manager.stats().queued_tasks == size
+        return manager, gate, replies
+
+    def test_block_false_raises_at_once(self) -> None:
+        resources = Resources()
+        manager, gate, replies = self.filled(resources)
+        with pytest.raises(tasker.QueueFullError):
+            manager.submit(lambda ctx, r: None, block=False)
+        assert manager.stats().queued_tasks == 2
+        assert manager.stats().blocked_submitters == 0
+        urgent = manager.submit(lambda ctx, r: "urgent", priority=True, block=False)  # own lane
+        gate.release.set()
+        assert urgent.get(timeout=5) == "urgent"
+        assert [r.get(timeout=5) for r in replies] == ["gate", 0, 1]
+        assert manager.stop() is True
+        resources.assert_all_destroyed_once()
+
+    def test_timeout_raises_after_the_wait(self) -> None:
+        resources = Resources()
+        manager, gate, _ = self.filled(resources)
+        started = time.monotonic()
+        with pytest.raises(tasker.QueueFullError):
+            manager.submit(lambda ctx, r: None, timeout=0.05)
+        assert time.monotonic() - started >= 0.04
+        assert manager.stats().blocked_submitters == 0
+        assert manager.stats().queued_tasks == 2
+        gate.release.set()
+        assert manager.stop() is True
+
+    def test_blocked_submitter_proceeds_once_room_appears(self) -> None:
+        resources = Resources()
+        manager, gate, replies = self.filled(resources)
+        submitters = [gevent.spawn(manager.queue_task, lambda ctx, r, i=i: f"late{i}") for i in range(3)]
+        gevent.idle()
+        assert manager.stats().blocked_submitters == 3
+        assert not any(s.ready() for s in submitters)
+        gate.release.set()
+        gevent.joinall(submitters, timeout=5)
+        assert [s.get() for s in submitters] == ["late0", "late1", "late2"]
+        assert [r.get(timeout=5) for r in replies] == ["gate", 0, 1]
+        assert manager.stats().blocked_submitters == 0
+        assert manager.stop() is True
+
+    def test_blocked_submitters_counted_per_lane(self) -> None:
+        resources = Resources()
+        manager, gate, _ = self.filled(resources, size=1)
+        manager.submit(lambda ctx, r: None, priority=True)
+        main = gevent.spawn(manager.submit, lambda ctx, r: None)
+        prio = gevent.spawn(manager.submit, lambda ctx, r: None, priority=True)
+        gevent.idle()
+        stats = manager.stats()
+        assert (stats.blocked_submitters, stats.queued_tasks, stats.priority_tasks) == (2, 1, 1)
+        gate.release.set()
+        gevent.joinall([main, prio], timeout=5)
+        assert main.successful() and prio.successful()
+        assert manager.stop() is True
+
+    def test_cancel_makes_room(self) -> None:
+        resources = Resources()
+        manager, gate, replies = self.filled(resources, size=1)
+        waiting = gevent.spawn(manager.submit, lambda ctx, r: "after cancel")
+        gevent.idle()
+        assert manager.stats().blocked_submitters == 1
+        assert replies[1].cancel()
+        reply = waiting.get(timeout=5)
+        assert manager.stats().queued_tasks == 1
+        gate.release.set()
+        assert reply.get(timeout=5) == "after cancel"
+        assert manager.stop() is True
+
+    def test_stop_wakes_blocked_submitters(self) -> None:
+        resources = Resources()
+        manager, gate, replies = self.filled(resources)
+        submitters = [gevent.spawn(catching, manager.submit, lambda ctx, r: None) for _ in range(3)]
+        gevent.idle()
+        assert manager.stats().blocked_submitters == 3
+        stopper = gevent.spawn(manager.stop)
+        gevent.joinall(submitters, timeout=5)
+        for submitter in submitters:
+            assert isinstance(submitter.value, tasker.ManagerStoppedError)
+        assert not stopper.ready()  # still draining behind the gate
+        gate.release.set()
+        assert stopper.get(timeout=5) is True
+        assert [r.get(timeout=5) for r in replies] == ["gate", 0, 1]
+        resources.assert_all_destroyed_once()
+
+    def test_kill_wakes_blocked_submitters(self) -> None:
+        resources = Resources()
+        manager, _, replies = self.filled(resources)
+        submitters = [gevent.spawn(catching, manager.queue_task, lambda ctx, r: None) for _ in range(2)]
+        gevent.idle()
+        assert manager.stats().blocked_submitters == 2
+        manager.kill()
+        gevent.joinall(submitters, timeout=5)
+        for submitter in submitters:
+            assert isinstance(submitter.value, tasker.ManagerStoppedError)
+        for reply in replies:
+            with pytest.raises(tasker.TaskKilledError):
+                reply.get(timeout=5)
+        resources.assert_all_destroyed_once()
+
+    def test_room_timeout_runs_on_the_manager_clock(self) -> None:
+        resources = Resources()
+        clock = FakeClock()
+        manager, gate, _ = self.filled(resources, clock=clock)
+        try:
+            waiting = gevent.spawn(catching, manager.submit, lambda ctx, r: None, timeout=30.0)
+            gevent.idle()
+            assert manager.stats().blocked_submitters == 1
+            clock.advance(30.0)
+            assert waiting.ready()
+            assert isinstance(waiting.value, tasker.QueueFullError)
+        finally:
+            gate.release.set()
+            manager.kill()

@@ -1,0 +1,343 @@
+"""The worker actor: one resource for its whole life, one task at a time, and how it exits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+from greenlet import getcurrent
+from helpers import Gate, Healthy, Resources, Unhealthy
+
+import tasker
+from tasker import TaskManager
+
+
+class RecordingLogger:
+    """A Logger that keeps every record as (level, formatted message)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def _record(self, level: str, msg: str, *args: Any) -> None:
+        self.records.append((level, msg % args))
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self._record("debug", msg, *args)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self._record("info", msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._record("warning", msg, *args)
+
+    def error(self, msg: str, *args: Any) -> None:
+        self._record("error", msg, *args)
+
+
+def one_worker(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
+    """One base worker, no bursting, no run_task pool: resource ids are the worker's."""
+    kwargs.setdefault("worker_count", 1)
+    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
+    kwargs.setdefault("resource_pool_size", 0)
+    return resources.config(**kwargs)
+
+
+def the_resource(ctx: tasker.Context, resource: int) -> int:
+    return resource
+
+
+class TestOneResourceForLife:
+    """A worker creates one resource and every task it runs sees that same resource."""
+
+    def test_every_task_sees_the_same_resource(self) -> None:
+        resources = Resources()
+        with TaskManager(one_worker(resources)) as manager:
+            seen = [manager.queue_task(the_resource) for _ in range(20)]
+            assert resources.destroyed == []
+        assert seen == [1] * 20
+        assert resources.created == [1]
+        assert resources.destroyed == [1]
+
+    def test_each_worker_greenlet_keeps_its_own_resource(self) -> None:
+        resources = Resources()
+        seen: list[tuple[Any, int]] = []
+
+        def record(ctx: tasker.Context, resource: int) -> None:
+            gevent.sleep(0)  # let the other workers take messages too
+            seen.append((getcurrent(), resource))
+
+        with TaskManager(one_worker(resources, worker_count=3)) as manager:
+            replies = [manager.submit(record) for _ in range(60)]
+            gevent.joinall(replies, raise_error=True)
+            workers = {w.greenlet: w.resource for w in manager._supervisor.workers.values()}
+        # Tasks run in the worker's own greenlet (no greenlet per task), always with its resource.
+        assert {g for g, _ in seen} == set(workers)
+        for greenlet, resource in seen:
+            assert workers[greenlet] == resource
+        assert sorted(workers.values()) == [1, 2, 3]
+        assert resources.created == [1, 2, 3]
+
+
+class TestOneTaskAtATime:
+    """A worker starts its next task only when the current one has returned."""
+
+    def test_second_task_waits_for_the_first(self) -> None:
+        resources = Resources()
+        gate = Gate()
+        second_ran = Event()
+        with TaskManager(one_worker(resources)) as manager:
+            first = manager.submit(gate)
+            second = manager.submit(lambda ctx, r: second_ran.set())
+            gate.started.wait()
+            gevent.idle()
+            assert not second_ran.is_set()
+            stats = manager.stats()
+            assert (stats.active_workers, stats.queued_tasks) == (1, 1)
+            gate.release.set()
+            assert first.get() == "gate"
+            second.get()
+            assert second_ran.is_set()
+            assert manager.stats().active_workers == 0
+
+    def test_a_resource_is_never_used_by_two_tasks_at_once(self) -> None:
+        resources = Resources()
+        in_use: set[int] = set()
+        overlaps: list[int] = []
+        peak = 0
+
+        def use(ctx: tasker.Context, resource: int) -> None:
+            nonlocal peak
+            if resource in in_use:
+                overlaps.append(resource)
+            in_use.add(resource)
+            peak = max(peak, len(in_use))
+            for _ in range(3):
+                gevent.sleep(0)
+            in_use.discard(resource)
+
+        with TaskManager(one_worker(resources, worker_count=3)) as manager:
+            gevent.joinall([manager.submit(use) for _ in range(50)], raise_error=True)
+        assert overlaps == []
+        assert peak == 3  # the three workers did run side by side
+
+
+class TestHealthyErrors:
+    """A healthy failure goes back to the caller as is, and the worker keeps its resource."""
+
+    def test_healthy_error_keeps_the_worker(self) -> None:
+        resources = Resources()
+        error = Healthy("an ordinary task error")
+
+        def fail(ctx: tasker.Context, resource: int) -> None:
+            raise error
+
+        with TaskManager(one_worker(resources)) as manager:
+            reply = manager.submit(fail)
+            with pytest.raises(Healthy) as info:
+                reply.get()
+            assert info.value is error
+            assert reply.attempts == 1
+            assert manager.queue_task(the_resource) == 1
+            assert resources.created == [1]
+            assert resources.destroyed == []
+            assert manager.metrics().total_tasks_retried == 0
+
+    def test_without_check_health_every_error_is_healthy(self) -> None:
+        resources = Resources()
+        config = tasker.Config(
+            on_create=resources.create,
+            on_destroy=resources.destroy,
+            worker_count=1,
+            max_worker_count=1,
+            resource_pool_size=0,
+        )
+        error = Unhealthy("would be unhealthy if anyone checked")
+
+        def fail(ctx: tasker.Context, resource: int) -> None:
+            raise error
+
+        with TaskManager(config) as manager:
+            for _ in range(3):
+                reply = manager.submit(fail)
+                with pytest.raises(Unhealthy) as info:
+                    reply.get()
+                assert info.value is error
+                assert reply.attempts == 1
+            assert manager.queue_task(the_resource) == 1
+            assert resources.created == [1]
+            assert resources.destroyed == []
+            assert manager.metrics().total_tasks_retried == 0
+
+    def test_check_health_that_raises_means_unhealthy_and_is_logged(self) -> None:
+        resources = Resources()
+        logger = RecordingLogger()
+
+        def broken_check(exc: BaseException) -> bool:
+            raise RuntimeError("check_health is broken")
+
+        runs: list[int] = []
+
+        def fail_once(ctx: tasker.Context, resource: int) -> int:
+            runs.append(resource)
+            if len(runs) == 1:
+                raise Healthy("healthy by any sane check")
+            return resource
+
+        config = one_worker(resources, check_health=broken_check, logger=logger)
+        with TaskManager(config) as manager:
+            reply = manager.submit(fail_once)
+            assert reply.get() == 2  # redelivered to a replacement worker
+            assert reply.attempts == 2
+            assert runs == [1, 2]
+            assert resources.destroyed == [1]
+        errors = [msg for level, msg in logger.records if level == "error"]
+        assert any("check_health raised" in msg and "check_health is broken" in msg for msg in errors), errors
+
+
+def raise_timeout() -> BaseException:
+    return gevent.Timeout()
+
+
+def armed_timeout() -> BaseException:
+    """A gevent.Timeout the task armed itself and that fired inside it."""
+    try:
+        with gevent.Timeout(0.001):
+            Event().wait()
+    except gevent.Timeout as fired:
+        return fired
+    raise AssertionError("the timeout did not fire")
+
+
+def greenlet_exit() -> BaseException:
+    return gevent.GreenletExit()
+
+
+class TestTaskRaisesBaseException:
+    """A task's own Timeout/GreenletExit reaches the caller wrapped, and its worker is replaced."""
+
+    @pytest.mark.parametrize(
+        ("make", "expected"),
+        [
+            (raise_timeout, tasker.TaskTimeoutError),
+            (armed_timeout, tasker.TaskTimeoutError),
+            (greenlet_exit, tasker.TaskKilledError),
+        ],
+        ids=["Timeout", "armed-Timeout", "GreenletExit"],
+    )
+    def test_caller_gets_a_tasker_error_and_the_worker_is_replaced(
+        self, make: Callable[[], BaseException], expected: type[tasker.TaskerError]
+    ) -> None:
+        resources = Resources()
+        logger = RecordingLogger()
+        originals: list[BaseException] = []
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            exc = make()
+            originals.append(exc)
+            raise exc
+
+        with TaskManager(one_worker(resources, logger=logger)) as manager:
+            reply = manager.submit(task)
+            with pytest.raises(expected) as info:
+                reply.get()
+            error = info.value
+            assert not isinstance(error, (gevent.Timeout, gevent.GreenletExit))
+            assert len(originals) == 1  # never redelivered: the caller already has its answer
+            assert error.__cause__ is originals[0]
+            assert reply.attempts == 1
+            # The worker left for good: its resource is destroyed, a replacement has a new one.
+            assert manager.queue_task(the_resource) == 2
+            assert resources.created == [1, 2]
+            assert resources.destroyed == [1]
+            assert manager.stats().base_workers == 1
+            assert manager.metrics().total_tasks_failed == 1
+        assert any(level == "warning" and "retired a worker" in msg for level, msg in logger.records)
+
+    def test_blocking_variant_raises_the_wrapped_error(self) -> None:
+        resources = Resources()
+        timeout = gevent.Timeout()
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            raise timeout
+
+        def exit_task(ctx: tasker.Context, resource: int) -> None:
+            raise gevent.GreenletExit
+
+        with TaskManager(one_worker(resources, logger=RecordingLogger())) as manager:
+            with pytest.raises(tasker.TaskTimeoutError) as info:
+                manager.queue_task(task)
+            assert info.value.__cause__ is timeout
+            with pytest.raises(tasker.TaskKilledError):
+                manager.queue_task_with_priority(exit_task)
+            assert manager.queue_task(the_resource) == 3
+
+
+class TestResourceDestroyedOnExit:
+    """The worker destroys its resource itself, once, whenever and however it exits."""
+
+    def test_stop_destroys_each_resource_in_its_own_worker(self) -> None:
+        resources = Resources()
+        destroyed_in: dict[int, Any] = {}
+
+        def destroy(resource: int) -> None:
+            destroyed_in[resource] = getcurrent()
+            resources.destroy(resource)
+
+        config = tasker.Config(
+            on_create=resources.create,
+            on_destroy=destroy,
+            worker_count=3,
+            max_worker_count=3,
+            resource_pool_size=0,
+        )
+        manager = TaskManager(config)
+        gevent.joinall([manager.submit(the_resource) for _ in range(10)], raise_error=True)
+        owners = {w.resource: w.greenlet for w in manager._supervisor.workers.values()}
+        assert resources.destroyed == []
+        assert manager.stop() is True
+        resources.assert_all_destroyed_once()
+        assert destroyed_in == owners
+
+    def test_kill_destroys_the_resource_of_a_busy_worker(self) -> None:
+        resources = Resources()
+        gate = Gate()
+        manager = TaskManager(one_worker(resources))
+        reply = manager.submit(gate)
+        gate.started.wait()
+        manager.kill()
+        with pytest.raises(tasker.TaskKilledError):
+            reply.get()
+        assert resources.destroyed == [1]
+
+    def test_old_resource_is_destroyed_before_its_replacement_is_created(self) -> None:
+        events: list[str] = []
+        resources = Resources()
+
+        def create() -> int:
+            rid = resources.create()
+            events.append(f"create {rid}")
+            return rid
+
+        def destroy(resource: int) -> None:
+            events.append(f"destroy {resource}")
+            resources.destroy(resource)
+
+        def broken(ctx: tasker.Context, resource: int) -> None:
+            raise gevent.GreenletExit
+
+        config = tasker.Config(
+            on_create=create,
+            on_destroy=destroy,
+            worker_count=1,
+            max_worker_count=1,
+            resource_pool_size=0,
+            logger=RecordingLogger(),
+        )
+        with TaskManager(config) as manager:
+            with pytest.raises(tasker.TaskKilledError):
+                manager.queue_task(broken)
+            assert manager.queue_task(the_resource) == 2
+        assert events == ["create 1", "destroy 1", "create 2", "destroy 2"]
