@@ -30,14 +30,14 @@ from ._metrics import Collector
 from ._pool import ResourcePool
 from ._scaler import Scaler
 from ._supervisor import Supervisor
-from ._types import MetricsCollector, TaskLifecycleTimestamps, TaskMetrics, TaskStats
+from ._types import MetricsCollector, Tasker, TaskLifecycleTimestamps, TaskMetrics, TaskStats
 from ._worker import Worker
 
 __all__ = ["TaskManager"]
 
 R = TypeVar("R")
 E = TypeVar("E")
-Task = Callable[[Context, R], E]
+Task = Callable[[Context, R], E] | Tasker[R, E]
 Callback = Callable[[Any, BaseException | None], object]
 
 

@@ -13,7 +13,9 @@ never the user's collector — and:
   workers idle longest: surplus workers age there while busy ones stay on top, and an
   on/off load shorter than the linger retires nobody.
 
-It starts no worker while the supervisor's restart backoff is running.
+It starts no worker while the supervisor's restart backoff is running. It keeps
+scaling up during a graceful stop, so a large backlog drains as fast as it can; burst
+workers started then exit with the others once the lanes are empty.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Scaler:
         supervisor = manager._supervisor
         arrived, self._arrived = manager._arrived - self._arrived, manager._arrived
         done, self._done = manager._done - self._done, manager._done
-        if mailbox.closing:
+        if manager._killing:
             return
         backlog = len(mailbox)
         if backlog and not (mailbox.idle or mailbox.idle_burst) and (arrived >= done or backlog > done):
