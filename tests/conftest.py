@@ -38,14 +38,16 @@ def no_leftover_managers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[TaskM
 
     def recording_init(self: TaskManager[Any, Any], config: tasker.Config[Any]) -> None:
         created.append(self)
-        original(self, config)
+        try:
+            original(self, config)
+        except BaseException:
+            created.remove(self)  # a constructor that raised leaves nothing running
+            raise
 
     monkeypatch.setattr(TaskManager, "__init__", recording_init)
     yield created
     problems = []
     for manager in created:
-        if not hasattr(manager, "_finished"):
-            continue  # its constructor raised
         if not manager._finished.is_set():
             problems.append(f"{manager!r} left running")
             if not manager._kill_called:

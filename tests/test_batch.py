@@ -1,0 +1,353 @@
+"""``TaskManager.map`` and ``imap_unordered``: order, bounded read-ahead, errors and early exit."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+from gevent.event import Event
+from helpers import Healthy, Resources
+
+import tasker
+from tasker import TaskManager
+
+Manager = TaskManager[int, Any]
+BATCH = ["map", "imap_unordered"]
+
+
+def manager_with(res: Resources, workers: int) -> Manager:
+    return TaskManager(res.config(worker_count=workers, max_worker_count=workers))
+
+
+class Chain:
+    """fn(ctx, resource, i) where item i finishes only after item i + 1: completion runs in reverse."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.done = [Event() for _ in range(n)]
+        self.finished: list[int] = []
+
+    def __call__(self, ctx: tasker.Context, resource: int, item: int) -> int:
+        if item + 1 < self.n:
+            self.done[item + 1].wait()
+        self.finished.append(item)
+        self.done[item].set()
+        return item * 10
+
+
+class Counted:
+    """An endless source that records, at each pull, how far it is ahead of the consumer."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+        self.consumed = 0
+        self.ahead: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        for i in itertools.count():
+            self.pulled += 1
+            self.ahead.append(self.pulled - self.consumed)
+            yield i
+
+
+class TestOrder:
+    """map yields in input order; imap_unordered yields as tasks finish."""
+
+    def test_map_keeps_input_order(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 6)
+        chain = Chain(6)
+        assert list(manager.map(chain, range(6))) == [0, 10, 20, 30, 40, 50]
+        assert chain.finished == [5, 4, 3, 2, 1, 0]  # they finished in reverse
+        assert manager.stop() is True
+
+    def test_imap_unordered_yields_as_they_finish(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 6)
+        chain = Chain(6)
+        assert list(manager.imap_unordered(chain, range(6))) == [50, 40, 30, 20, 10, 0]
+        assert chain.finished == [5, 4, 3, 2, 1, 0]
+        assert manager.stop() is True
+
+    def test_imap_unordered_first_result_does_not_wait_for_a_slow_first_item(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 2)
+        release = Event()
+
+        def fn(ctx: tasker.Context, resource: int, item: str) -> str:
+            if item == "slow":
+                release.wait()
+            return item
+
+        results = manager.imap_unordered(fn, ["slow", "fast"])
+        assert next(results) == "fast"
+        release.set()
+        assert next(results) == "slow"
+        with pytest.raises(StopIteration):
+            next(results)
+        assert manager.stop() is True
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_passes_each_item_with_context_and_resource(self, method: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, resource_pool_size=0))
+        seen: list[tuple[bool, int, str]] = []
+
+        def fn(ctx: tasker.Context, resource: int, item: str) -> str:
+            seen.append((ctx.cancelled, resource, item))
+            return item.upper()
+
+        assert sorted(getattr(manager, method)(fn, iter("abc"))) == ["A", "B", "C"]
+        assert sorted(seen) == [(False, 1, "a"), (False, 1, "b"), (False, 1, "c")]
+        assert list(getattr(manager, method)(fn, [])) == []
+        assert manager.stop() is True
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_priority_lane(self, method: str) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        started, release = Event(), Event()
+
+        def hold(ctx: tasker.Context, resource: int) -> None:
+            started.set()
+            release.wait()
+
+        manager.queue_task_async(hold)
+        started.wait()
+        results = getattr(manager, method)(lambda ctx, r, i: i, range(3), priority=True, max_in_flight=3)
+        waiter = gevent.spawn(list, results)
+        gevent.idle()
+        stats = manager.stats()
+        assert (stats.priority_tasks, stats.queued_tasks) == (3, 0)
+        release.set()
+        assert sorted(waiter.get()) == [0, 1, 2]
+        assert manager.stop() is True
+
+
+class TestReadAhead:
+    """max_in_flight bounds how far the source is read ahead of the consumer, even for an endless source."""
+
+    @pytest.mark.parametrize("method", BATCH)
+    @pytest.mark.parametrize("limit", [1, 3, 7])
+    def test_endless_source(self, method: str, limit: int) -> None:
+        res = Resources()
+        manager = manager_with(res, 2)
+        source = Counted()
+        results = getattr(manager, method)(lambda ctx, r, i: i, source, max_in_flight=limit)
+        got = []
+        for value in itertools.islice(results, 25):
+            source.consumed += 1
+            got.append(value)
+        results.close()
+        if method == "map":
+            assert got == list(range(25))
+        else:
+            assert len(set(got)) == 25
+        assert max(source.ahead) <= limit + 1
+        assert max(source.ahead) >= limit  # it does read ahead, up to the limit
+        assert manager.stop() is True
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_default_is_twice_max_worker_count(self, method: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=3))
+        source = Counted()
+        results = getattr(manager, method)(lambda ctx, r, i: i, source)
+        for _ in itertools.islice(results, 10):
+            source.consumed += 1
+        results.close()
+        assert 6 <= max(source.ahead) <= 7
+        assert manager.stop() is True
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_nothing_is_read_before_iteration(self, method: str) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        source = Counted()
+        results = getattr(manager, method)(lambda ctx, r, i: i, source, max_in_flight=2)
+        assert source.pulled == 0
+        results.close()
+        assert source.pulled == 0
+        assert manager.stop() is True
+
+
+class Blocking:
+    """fn: item 1 raises Healthy, item 2 blocks (until released) and records its context, others record a run."""
+
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+        self.started = Event()
+        self.release = Event()
+        self.ctx: tasker.Context | None = None
+        self.error = Healthy("item 1 failed")
+
+    def __call__(self, ctx: tasker.Context, resource: int, item: int) -> int:
+        self.ran.append(item)
+        if item == 1:
+            raise self.error
+        if item == 2:
+            self.ctx = ctx
+            self.started.set()
+            self.release.wait()
+        return item
+
+
+class TestErrors:
+    """An item's error is raised at its place and cancels the rest; return_exceptions yields it and goes on."""
+
+    def test_map_raises_at_its_place_and_cancels_in_flight(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        fn = Blocking()
+        results = manager.map(fn, range(6), max_in_flight=10)
+        assert next(results) == 0
+        fn.started.wait()  # item 1 has failed, item 2 runs, items 3-5 wait in the queue
+        with pytest.raises(Healthy) as info:
+            next(results)
+        assert info.value is fn.error
+        assert fn.ctx is not None and fn.ctx.cancelled  # the running one is cancelled
+        assert manager.stats().queued_tasks == 0  # the queued ones are withdrawn
+        fn.release.set()
+        assert manager.stop() is True
+        assert fn.ran == [0, 1, 2]
+        with pytest.raises(StopIteration):
+            next(results)
+
+    def test_imap_unordered_raises_and_cancels_in_flight(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        fn = Blocking()
+        results = manager.imap_unordered(fn, range(6), max_in_flight=10)
+        assert next(results) == 0
+        fn.started.wait()
+        with pytest.raises(Healthy) as info:
+            next(results)
+        assert info.value is fn.error
+        assert fn.ctx is not None and fn.ctx.cancelled
+        assert manager.stats().queued_tasks == 0
+        fn.release.set()
+        assert manager.stop() is True
+        assert fn.ran == [0, 1, 2]
+
+    def test_map_return_exceptions(self) -> None:
+        """Regression: map used to yield None for a reply not ready yet when it got to it."""
+        res = Resources()
+        manager = manager_with(res, 2)
+        errors = {i: Healthy(f"item {i}") for i in (1, 3)}
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            if item in errors:
+                raise errors[item]
+            return item * 10
+
+        results = list(manager.map(fn, range(5), return_exceptions=True))
+        assert manager.stop() is True
+        assert results[0] == 0 and results[2] == 20 and results[4] == 40
+        assert results[1] is errors[1]
+        assert results[3] is errors[3]
+
+    def test_map_return_exceptions_of_finished_replies(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 2)
+        errors = {i: Healthy(f"item {i}") for i in (1, 3)}
+        finished = Event()
+        count: list[int] = []
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            count.append(item)
+            if len(count) == 5:
+                finished.set()
+            if item in errors:
+                raise errors[item]
+            return item * 10
+
+        def source() -> Iterator[int]:
+            yield from range(5)
+            finished.wait()  # every reply is ready before map inspects the first one
+
+        results = list(manager.map(fn, source(), return_exceptions=True, max_in_flight=10))
+        assert results == [0, errors[1], 20, errors[3], 40]
+        assert results[1] is errors[1] and results[3] is errors[3]
+        assert manager.stop() is True
+
+    def test_imap_unordered_return_exceptions(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 2)
+        errors = {i: Healthy(f"item {i}") for i in (0, 2)}
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            if item in errors:
+                raise errors[item]
+            return item
+
+        results = list(manager.imap_unordered(fn, range(4), return_exceptions=True))
+        assert len(results) == 4
+        assert sorted(r for r in results if isinstance(r, int)) == [1, 3]
+        assert {id(r) for r in results if isinstance(r, Healthy)} == {id(e) for e in errors.values()}
+        assert manager.stop() is True
+
+
+class TestEarlyExit:
+    """Leaving the loop early (break, close) cancels what is still in flight: queued items never run."""
+
+    @pytest.mark.parametrize("method", BATCH)
+    @pytest.mark.parametrize("how", ["break", "close"])
+    def test_cancels_queued(self, method: str, how: str) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        ran: list[int] = []
+        started, release = Event(), Event()
+        contexts: list[tasker.Context] = []
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            ran.append(item)
+            if item == 1:
+                contexts.append(ctx)
+                started.set()
+                release.wait()
+            return item
+
+        if how == "break":
+            for value in getattr(manager, method)(fn, range(10), max_in_flight=5):
+                assert value == 0
+                started.wait()
+                break
+        else:
+            results = getattr(manager, method)(fn, range(10), max_in_flight=5)
+            assert next(results) == 0
+            started.wait()
+            results.close()
+        assert manager.stats().queued_tasks == 0
+        assert contexts[0].cancelled
+        release.set()
+        assert manager.stop() is True
+        assert ran == [0, 1]  # items 2-4 were queued and withdrawn; 5-9 never submitted
+
+
+class TestBadArguments:
+    """Bad max_in_flight is a ValueError and a non-callable fn a TypeError, both at the call."""
+
+    @pytest.mark.parametrize("method", BATCH)
+    @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "3"])
+    def test_bad_max_in_flight(self, method: str, bad: Any) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        source = Counted()
+        with pytest.raises(ValueError):
+            getattr(manager, method)(lambda ctx, r, i: i, source, max_in_flight=bad)
+        assert source.pulled == 0
+        assert manager.stop() is True
+
+    @pytest.mark.parametrize("method", BATCH)
+    @pytest.mark.parametrize("bad", [None, 5, "fn"])
+    def test_non_callable_fn(self, method: str, bad: Any) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        source = Counted()
+        with pytest.raises(TypeError):
+            getattr(manager, method)(bad, source)
+        assert source.pulled == 0
+        assert manager.stop() is True
