@@ -72,6 +72,7 @@ class TaskManager(Generic[R, E]):
         self._config = config
         self._clock: Clock = config.clock or MonotonicClock()
         self._now = self._clock.now
+        self._task_timeout = config.task_timeout
         self._logger = config.logger or logging.getLogger("tasker")
         self._collector: MetricsCollector = config.collector or Collector(clock=self._clock)
         self._ctx = config.ctx.child() if config.ctx is not None else Context()
@@ -145,7 +146,7 @@ class TaskManager(Generic[R, E]):
         """
         fn = task if callable(task) else _task_fn(task)
         if timeout is None:
-            timeout = self._config.task_timeout
+            timeout = self._task_timeout
         else:
             _check_timeout(timeout)
         if not self._accepting:

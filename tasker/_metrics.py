@@ -101,7 +101,7 @@ class Collector:
         self._exec_min = math.inf
         self._exec_max = 0.0
         self._wait_sum = 0.0
-        self._completed = 0
+        self._terminal = 0  # completed + failed
         self._failed = 0
         self._retried = 0
         now = self._clock.now()
@@ -115,18 +115,17 @@ class Collector:
             arrivals.roll(now)
         arrivals.count += 1
 
-    def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        self._completed += 1
-        self._record(stamps)
-
-    def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
-        self._failed += 1
-        self._record(stamps)
-
     def record_retry(self) -> None:
         self._retried += 1
 
-    def _record(self, stamps: TaskLifecycleTimestamps) -> None:
+    def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
+        self._failed += 1
+        self.record_completion(stamps)
+
+    def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
+        # Every terminal record passes here (failures too: completed = terminal - failed),
+        # so the hot path is one call.
+        self._terminal += 1
         finished = stamps.finished_at
         finishes = self._finishes
         if finished >= finishes.next_roll:
@@ -162,7 +161,8 @@ class Collector:
     def metrics(self) -> TaskMetrics:
         now = self._clock.now()
         ran = self._ran
-        terminal = self._completed + self._failed
+        terminal = self._terminal
+        completed = terminal - self._failed
         return TaskMetrics(
             average_execution_time=self._exec_sum / ran if ran else 0.0,
             min_execution_time=self._exec_min if ran else 0.0,
@@ -172,9 +172,9 @@ class Collector:
             average_wait_time=self._wait_sum / ran if ran else 0.0,
             task_arrival_rate=self._arrivals.rate(now),
             task_completion_rate=self._finishes.rate(now),
-            total_tasks_completed=self._completed,
+            total_tasks_completed=completed,
             total_tasks_failed=self._failed,
             total_tasks_retried=self._retried,
-            success_rate=self._completed / terminal if terminal else 0.0,
+            success_rate=completed / terminal if terminal else 0.0,
             failure_rate=self._failed / terminal if terminal else 0.0,
         )
