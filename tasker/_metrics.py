@@ -120,11 +120,11 @@ class Collector:
 
     def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
         self._failed += 1
-        self.record_completion(stamps)
+        self._record_terminal(stamps)
 
-    def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        # Every terminal record passes here (failures too: completed = terminal - failed),
-        # so the hot path is one call.
+    def _record_terminal(self, stamps: TaskLifecycleTimestamps) -> None:
+        # Every terminal record passes here (completed = terminal - failed), and
+        # record_completion *is* this function, so the hot path is one call.
         self._terminal += 1
         finished = stamps.finished_at
         finishes = self._finishes
@@ -147,6 +147,8 @@ class Collector:
             self._buckets[i if i < self._last else self._last] += 1
         else:
             self._buckets[0] += 1
+
+    record_completion = _record_terminal
 
     def _percentile(self, q: float) -> float:
         rank = max(1, math.ceil(q * self._ran))
