@@ -79,7 +79,8 @@ class Config(Generic[R]):
     """
 
     on_create: Callable[[], R] = attrs.field(validator=_callable)
-    """Creates one resource; called in the greenlet of the worker that will own it."""
+    """Creates one resource: in the constructor for the pool and the base workers, in its
+    own greenlet for a replacement or burst worker, in the caller's for a run_task temporary."""
     worker_count: int = attrs.field(validator=_int(1))
     """Base workers, always running (> 0)."""
     on_destroy: Callable[[R], object] | None = attrs.field(default=None, validator=_optional_callable)
