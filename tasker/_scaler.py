@@ -6,8 +6,11 @@ never the user's collector — and:
 - **scales up** when messages wait, no worker is idle, and either work arrived at
   least as fast as it completed over the last interval or the backlog is larger than
   what completed in it (it would not clear within one more interval). It starts
-  ``min(backlog, room, ceil((max - base) / 2))`` burst workers: never the whole
-  ceiling in one tick, yet at the ceiling within two ticks of a sustained step;
+  ``min(backlog - starting, room, ceil((max - base) / 2))`` burst workers, where
+  ``starting`` counts workers still in ``on_create``: never the whole ceiling in one
+  tick, yet at the ceiling within two ticks of a sustained step, and no new step
+  until the last one's workers are up (the cooldown: a slow ``on_create`` does not
+  make it overshoot);
 - **scales down** the burst workers that have been parked for ``burst_linger``
   (default ``10 * burst_interval``). The idle stack is LIFO, so its bottom holds the
   workers idle longest: surplus workers age there while busy ones stay on top, and an
@@ -63,7 +66,9 @@ class Scaler:
         backlog = len(mailbox)
         if backlog and not (mailbox.idle or mailbox.idle_burst) and (arrived >= done or backlog > done):
             room = self._max - len(supervisor.workers) - supervisor.pending_restarts
-            count = min(backlog, room, self._step)
+            # Workers still creating their resource will take part of the backlog:
+            # waiting for them is the cooldown that keeps a slow on_create from overshooting.
+            count = min(backlog - supervisor.starting, room, self._step)
             if count > 0 and supervisor.may_start():
                 for _ in range(count):
                     supervisor.start_worker(burst=True)

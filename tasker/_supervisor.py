@@ -50,6 +50,7 @@ class Supervisor:
         self.workers: dict[gevent.Greenlet, Worker] = {}
         self.drained = Event()
         self._missing_base = 0  # base workers to start once the backoff allows
+        self.starting = 0  # workers still creating their resource
         self._streak = 0  # consecutive on_create failures
         self._next_start = 0.0  # no worker is started before this time
         self._timer: TimerHandle | None = None
@@ -58,6 +59,9 @@ class Supervisor:
     def start_worker(self, burst: bool, resource: Any = NO_RESOURCE) -> Worker:
         """Start a worker; it creates its own resource unless one is given."""
         worker = Worker(self._manager, burst, resource)
+        if resource is NO_RESOURCE:
+            worker.starting = True
+            self.starting += 1
         self.workers[worker.greenlet] = worker
         worker.greenlet.rawlink(self._inbox.put)
         worker.greenlet.start()
@@ -74,6 +78,8 @@ class Supervisor:
 
     def started(self, worker: Worker) -> None:
         """Called by a worker whose resource was created: the streak, if any, is over."""
+        worker.starting = False
+        self.starting -= 1
         if self._streak:
             self._manager._log("info", "tasker: on_create works again after %d failures", self._streak)
             self._streak = 0
@@ -101,6 +107,9 @@ class Supervisor:
         worker = self.workers.pop(greenlet, None)
         if worker is None:
             return
+        if worker.starting:  # it ended in on_create
+            worker.starting = False
+            self.starting -= 1
         manager = self._manager
         outcome = greenlet.value if greenlet.successful() else None
         if not isinstance(outcome, Exit):

@@ -46,7 +46,7 @@ IDLE = Exit("idle")
 class Worker:
     """One worker actor; ``greenlet`` runs :meth:`_main`."""
 
-    __slots__ = ("burst", "current", "greenlet", "idle_since", "in_task", "manager", "resource")
+    __slots__ = ("burst", "current", "greenlet", "idle_since", "in_task", "manager", "resource", "starting")
 
     def __init__(self, manager: TaskManager[Any, Any], burst: bool, resource: Any = NO_RESOURCE) -> None:
         self.manager = manager
@@ -55,6 +55,7 @@ class Worker:
         self.current: TaskResult | None = None  # assigned message, until it is answered
         self.in_task = False  # True only while the task's own code runs
         self.idle_since = 0.0
+        self.starting = False  # counted in Supervisor.starting until its resource exists
         self.greenlet = gevent.Greenlet(self._main)
 
     @property

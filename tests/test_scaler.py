@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from typing import Any
 
+import attrs
 import gevent
 import pytest
 from gevent.event import Event
@@ -507,3 +508,53 @@ class TestScalerIgnoresTheCollector:
         assert resources.calls == 2
         assert collector.metrics_calls == 0
         load.stop()
+
+
+class TestCooldown:
+    """No new scaling step while the last step's workers are still creating their resource."""
+
+    def test_slow_on_create_does_not_overshoot(self) -> None:
+        clock = FakeClock()
+        resources = Resources()
+        opened = Event()  # on_create of burst workers blocks until this is set
+        make = resources.create
+
+        def slow_create() -> int:
+            if resources.calls >= 2:  # the two base workers are made at once
+                opened.wait()
+            return make()
+
+        config = resources.config(
+            worker_count=2, max_worker_count=12, clock=clock, burst_interval=INTERVAL, resource_pool_size=0
+        )
+        manager = TaskManager(attrs.evolve(config, on_create=slow_create))
+        gevent.idle()
+        load = Load(manager)
+        load.add(2 + 4)  # two run, four wait: the first step starts four workers (step 5)
+        tick(clock)
+        assert manager._supervisor.starting == 4
+        tick(clock, 3)  # the backlog is still there, but four workers are on their way
+        assert manager._supervisor.starting == 4
+        assert len(manager._supervisor.workers) == 6
+        opened.set()
+        gevent.idle()
+        assert manager._supervisor.starting == 0
+        assert burst(manager) == 4
+        assert manager.stats().queued_tasks == 0
+        load.stop()
+        resources.assert_all_destroyed_once()
+
+    def test_a_worker_that_fails_to_start_frees_its_place(self) -> None:
+        clock = FakeClock()
+        resources = Resources(fail_on={3})  # the first burst worker's on_create fails
+        manager = start(resources, clock, worker_count=2, max_worker_count=4)
+        load = Load(manager)
+        load.add(3)
+        tick(clock)
+        gevent.idle()
+        assert manager._supervisor.starting == 0
+        assert burst(manager) == 0
+        tick(clock, 3)  # past the 0.05 s backoff: the scaler tries again
+        assert burst(manager) == 1
+        load.stop()
+        resources.assert_all_destroyed_once()
