@@ -1,0 +1,87 @@
+"""B1-B4: throughput and latency, one timed run of one implementation at a time.
+
+:func:`workload` says what a scenario runs (its workers and the timed body),
+:func:`warm_up` makes the started implementation hot, and :func:`measure` times one
+run. The command line and the pytest-benchmark suite drive the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import attrs
+
+from ._impls import Impl
+from ._sizes import Sizes
+
+__all__ = ["Run", "measure", "task_count", "warm_up", "workload"]
+
+
+@attrs.frozen
+class Run:
+    """One timed run of a throughput scenario."""
+
+    tasks: int
+    seconds: float
+    latency: tuple[float, float, float] | None  # p50, p95, p99 submit-to-reply, seconds
+    peak_rss: int  # bytes, of the process that ran it
+
+    @property
+    def rate(self) -> float:
+        """Tasks per second."""
+        return self.tasks / self.seconds if self.seconds > 0 else math.inf
+
+
+def workload(scenario: str, sizes: Sizes) -> tuple[int, Callable[[Impl], tuple[float, float, float] | None]]:
+    """Workers and the body of scenario B1-B4 (the part that is timed)."""
+    if scenario == "B1":
+        return sizes.workers, lambda impl: impl.bulk(sizes.bulk_tasks, False)
+    if scenario == "B2":
+        per_client = max(1, sizes.client_tasks // sizes.clients)
+        return sizes.workers, lambda impl: impl.clients(sizes.clients, per_client)
+    if scenario == "B3":
+        return sizes.workers, lambda impl: impl.clients(1, sizes.round_trips)
+    if scenario == "B4":
+        return sizes.io_workers, lambda impl: impl.bulk(sizes.io_tasks, True)
+    raise ValueError(f"not a throughput scenario: {scenario!r}")
+
+
+def task_count(scenario: str, sizes: Sizes) -> int:
+    """How many tasks one run of scenario B1-B4 completes."""
+    return {
+        "B1": sizes.bulk_tasks,
+        "B2": max(1, sizes.client_tasks // sizes.clients) * sizes.clients,
+        "B3": sizes.round_trips,
+        "B4": sizes.io_tasks,
+    }[scenario]
+
+
+def warm_up(scenario: str, impl: Impl, sizes: Sizes) -> None:
+    """Run tasks on a started ``impl`` so that the timed run starts hot, every worker parked.
+
+    B4 runs one sleeping task per worker first: a pool's workers are parked when a burst
+    comes, and waking thousands of greenlets parked on one queue is what B4 is about
+    (without it, a fresh bare pool would find its queue full and never park).
+    """
+    if scenario == "B4":
+        impl.bulk(sizes.io_workers, True)
+    else:
+        impl.bulk(min(1000, sizes.bulk_tasks), False)
+
+
+def measure(scenario: str, impl: Impl, sizes: Sizes) -> Run:
+    """Start ``impl``, warm it up, time one run of ``scenario`` (B1-B4), close it."""
+    workers, body = workload(scenario, sizes)
+    impl.start(workers)
+    try:
+        warm_up(scenario, impl, sizes)
+        impl.reset_peak()
+        start = time.perf_counter()
+        latency = body(impl)
+        seconds = time.perf_counter() - start
+        peak = impl.peak_rss()
+    finally:
+        impl.close()
+    return Run(task_count(scenario, sizes), seconds, latency, peak)
