@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -11,7 +12,7 @@ from ._clock import Clock
 from ._context import Context
 from ._types import Logger, MetricsCollector
 
-__all__ = ["Config"]
+__all__ = ["Config", "seconds_ok"]
 
 R = TypeVar("R")
 
@@ -38,14 +39,25 @@ def _int(minimum: int, optional: bool = False) -> Callable[[Any, attrs.Attribute
     return check
 
 
+def seconds_ok(value: Any) -> bool:
+    """Whether ``value`` is a finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value > 0
+
+
 def _seconds(optional: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TypeError(f"Config.{attr.name} must be a number of seconds, got {value!r}")
-        if not value > 0:
-            raise ValueError(f"Config.{attr.name} must be > 0 seconds, got {value!r}")
+        if not seconds_ok(value):
+            raise ValueError(f"Config.{attr.name} must be a finite number of seconds > 0, got {value!r}")
 
     return check
 

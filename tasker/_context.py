@@ -38,8 +38,10 @@ class Context:
         """A new context cancelled with this one, or after ``timeout`` seconds if given."""
         child = Context(self)
         if timeout is not None:
-            if timeout < 0:
-                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+            if not (0 <= timeout < float("inf")):  # rejects NaN too
+                raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
             child._timer = gevent.get_hub().loop.timer(timeout)
             child._timer.start(child.cancel)
         return child

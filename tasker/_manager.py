@@ -21,7 +21,7 @@ from greenlet import getcurrent
 
 from ._batch import imap_unordered, map_ordered
 from ._clock import Clock, MonotonicClock
-from ._config import Config
+from ._config import Config, seconds_ok
 from ._context import Context
 from ._errors import CancelledError, ManagerStoppedError, ResourceCreationError, TaskKilledError, TaskTimeoutError
 from ._mailbox import Mailbox
@@ -51,8 +51,8 @@ def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
 
 
 def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise ValueError(f"timeout must be None or > 0 seconds, got {timeout!r}")
+    if timeout is not None and not seconds_ok(timeout):
+        raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {timeout!r}")
 
 
 class TaskManager(Generic[R, E]):
@@ -380,8 +380,8 @@ class TaskManager(Generic[R, E]):
 
     def _excuse(self, caller: Any) -> None:
         """Shutdown called from a run_task task or a callback must not wait for itself."""
-        self._excused_runs = self._pool.running.count(caller)
-        self._excused_callbacks = int(caller in self._callback_greenlets)
+        self._excused_runs += self._pool.running.count(caller)  # added up: stop() from a callback
+        self._excused_callbacks += int(caller in self._callback_greenlets)  # then kill() from a task
 
     def _check_quiet(self) -> None:
         if (
@@ -522,7 +522,7 @@ class TaskManager(Generic[R, E]):
         if on_destroy is not None:
             try:
                 on_destroy(resource)
-            except Exception as exc:
+            except (Exception, gevent.Timeout) as exc:  # a close bounded by its own Timeout
                 self._log("error", "tasker: on_destroy raised %r", exc)
 
     def _log(self, level: str, msg: str, *args: Any) -> None:

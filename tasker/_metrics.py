@@ -85,10 +85,13 @@ class Collector:
         window: float = 10.0,
         relative_error: float = 0.01,
     ) -> None:
+        for name, value in (("relative_error", relative_error), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Collector {name} must be a number, got {value!r}")
         if not 0 < relative_error < 0.5:
-            raise ValueError(f"relative_error must be in (0, 0.5), got {relative_error!r}")
-        if not window > 0:
-            raise ValueError(f"window must be > 0 seconds, got {window!r}")
+            raise ValueError(f"Collector relative_error must be in (0, 0.5), got {relative_error!r}")
+        if not 0 < window < float("inf"):
+            raise ValueError(f"Collector window must be a finite number of seconds > 0, got {window!r}")
         self._clock = clock or MonotonicClock()
         gamma = (1 + relative_error) / (1 - relative_error)
         self._gamma = gamma

@@ -166,7 +166,7 @@ class Supervisor:
         if not worker.burst:
             self._missing_base += 1
             self._schedule_restart()
-        if not any(w.started for w in self.workers.values()):
+        if not self.workers:  # none alive, none on its way: nobody will serve the queue
             error = ResourceCreationError(f"no worker could be started: on_create raised {exc!r}")
             error.__cause__ = exc
             for msg in manager._mailbox.drain():
