@@ -29,6 +29,13 @@ def _bind(fn: ItemFn, item: Any) -> Callable[[Context, Any], Any]:
     return lambda ctx, resource: fn(ctx, resource, item)
 
 
+def _checked(fn: ItemFn, items: Iterable[Any]) -> Iterator[Any]:
+    """Refuse a bad ``fn`` or ``items`` at the call, before any item is read."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(ctx, resource, item), got {fn!r}")
+    return iter(items)
+
+
 def _outcome(reply: TaskResult, return_exceptions: bool) -> Any:
     try:
         return reply.get()
@@ -46,9 +53,7 @@ def map_ordered(
     limit: int,
     return_exceptions: bool,
 ) -> Iterator[Any]:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable as fn(ctx, resource, item), got {fn!r}")
-    source = iter(items)
+    source = _checked(fn, items)
     pending: deque[TaskResult] = deque()
 
     def run() -> Iterator[Any]:
@@ -74,9 +79,7 @@ def imap_unordered(
     limit: int,
     return_exceptions: bool,
 ) -> Iterator[Any]:
-    if not callable(fn):
-        raise TypeError(f"fn must be callable as fn(ctx, resource, item), got {fn!r}")
-    source = iter(items)
+    source = _checked(fn, items)
     in_flight: set[TaskResult] = set()
     finished: SimpleQueue[TaskResult] = SimpleQueue()
 

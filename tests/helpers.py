@@ -65,3 +65,29 @@ class Gate:
         self.started.set()
         self.release.wait()
         return self.value
+
+
+class RecordingLogger:
+    """A Logger that keeps every record as (level, formatted message)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def _record(self, level: str, msg: str, *args: Any) -> None:
+        self.records.append((level, msg % args))
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self._record("debug", msg, *args)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self._record("info", msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self._record("warning", msg, *args)
+
+    def error(self, msg: str, *args: Any) -> None:
+        self._record("error", msg, *args)
+
+    def count(self, level: str, text: str) -> int:
+        """How many records at ``level`` contain ``text``."""
+        return sum(1 for lvl, msg in self.records if lvl == level and text in msg)

@@ -9,38 +9,13 @@ import attrs
 import gevent
 import pytest
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Resources, Unhealthy
+from helpers import Gate, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import TaskManager
 from tasker.testing import FakeClock
 
 EPS = 1e-6  # seconds: "just before" and "just after" a scheduled try
-
-
-class RecordingLogger:
-    """A Logger that keeps every record as (level, formatted message)."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-
-    def _record(self, level: str, msg: str, *args: Any) -> None:
-        self.records.append((level, msg % args))
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self._record("debug", msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._record("info", msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._record("warning", msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._record("error", msg, *args)
-
-    def count(self, level: str, text: str) -> int:
-        return sum(1 for lvl, msg in self.records if lvl == level and text in msg)
 
 
 @attrs.define

@@ -9,32 +9,10 @@ import gevent
 import pytest
 from gevent.event import Event
 from greenlet import getcurrent
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import TaskManager
-
-
-class RecordingLogger:
-    """A Logger that keeps every record as (level, formatted message)."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-
-    def _record(self, level: str, msg: str, *args: Any) -> None:
-        self.records.append((level, msg % args))
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self._record("debug", msg, *args)
-
-    def info(self, msg: str, *args: Any) -> None:
-        self._record("info", msg, *args)
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self._record("warning", msg, *args)
-
-    def error(self, msg: str, *args: Any) -> None:
-        self._record("error", msg, *args)
 
 
 def one_worker(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
