@@ -167,9 +167,9 @@ class Supervisor:
             self._missing_base += 1
             self._schedule_restart()
         if not self.workers:  # none alive, none on its way: nobody will serve the queue
-            error = ResourceCreationError(f"no worker could be started: on_create raised {exc!r}")
-            error.__cause__ = exc
             for msg in manager._mailbox.drain():
+                error = ResourceCreationError(f"no worker could be started: on_create raised {exc!r}")
+                error.__cause__ = exc  # one error per caller: each raise grows its own traceback
                 manager._finish(msg, error)
 
     def _schedule_restart(self) -> None:

@@ -110,18 +110,14 @@ class Worker:
         self.in_task = True
         try:
             value = msg._fn(ctx, self.resource)
-        except Interrupt as interrupt:  # timed out: the reply is already resolved
-            self.in_task = False
-            return self._failed(msg, interrupt.error)
-        except Exception as exc:
-            self.in_task = False
-            if timer is not None:
-                timer.cancel()
-            return self._failed(msg, exc)
         except BaseException as exc:
-            self.in_task = False
+            self.in_task = False  # before any user hook runs: no interrupt may land there
             if timer is not None:
                 timer.cancel()
+            if isinstance(exc, Interrupt):  # timed out: the reply is already resolved
+                return self._failed(msg, exc.error)
+            if isinstance(exc, Exception):
+                return self._failed(msg, exc)
             return self._broken(msg, exc)
         self.in_task = False
         if timer is not None:
