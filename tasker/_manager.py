@@ -2,7 +2,8 @@
 
 The manager wires the actors together — workers (``_worker``), the supervisor
 (``_supervisor``), the scaler (``_scaler``), the mailbox (``_mailbox``) and the
-``run_task`` pool (``_pool``) — and owns the lifecycle: running, then closing
+``run_task`` pool (``_pool``) — implements ``submit``, under the seed's twelve variants
+(``_variants``), and owns the lifecycle: running, then closing
 (graceful ``stop``, or ``kill``), then finished. :meth:`TaskManager._finish` is the
 only code that resolves a reply; it does so once and records the metrics of that one
 reply, so every submission gets exactly one answer however kill, timeouts, cancels and
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -30,15 +31,14 @@ from ._metrics import Collector
 from ._pool import ResourcePool
 from ._scaler import Scaler
 from ._supervisor import Supervisor
-from ._types import MetricsCollector, Tasker, TaskLifecycleTimestamps, TaskMetrics, TaskStats
+from ._types import MetricsCollector, TaskLifecycleTimestamps, TaskMetrics, TaskStats
+from ._variants import Callback, SeedVariants, Task
 from ._worker import Worker
 
 __all__ = ["TaskManager"]
 
 R = TypeVar("R")
 E = TypeVar("E")
-Task = Callable[[Context, R], E] | Tasker[R, E]
-Callback = Callable[[Any, BaseException | None], object]
 
 
 def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
@@ -55,7 +55,7 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {timeout!r}")
 
 
-class TaskManager(Generic[R, E]):
+class TaskManager(SeedVariants[R, E]):
     """Runs tasks on workers that each own a resource made by ``config.on_create``.
 
     Starts the base workers, the supervisor, the scaler and the ``run_task`` pool.
@@ -164,54 +164,6 @@ class TaskManager(Generic[R, E]):
             self._log("error", "tasker: collector.record_arrival raised %r", exc)
         mailbox.put(msg)
         return msg
-
-    def queue_task(self, task: Task[R, E]) -> E:
-        """Run ``task`` on the main lane; block this greenlet for its value or exception."""
-        return self.submit(task).get()  # type: ignore[no-any-return]
-
-    def queue_task_with_priority(self, task: Task[R, E]) -> E:
-        """As :meth:`queue_task`, on the priority lane."""
-        return self.submit(task, priority=True).get()  # type: ignore[no-any-return]
-
-    def queue_task_once(self, task: Task[R, E]) -> E:
-        """As :meth:`queue_task`, never redelivered after an unhealthy failure."""
-        return self.submit(task, once=True).get()  # type: ignore[no-any-return]
-
-    def queue_task_with_priority_once(self, task: Task[R, E]) -> E:
-        """As :meth:`queue_task`, on the priority lane, at most once."""
-        return self.submit(task, priority=True, once=True).get()  # type: ignore[no-any-return]
-
-    def queue_task_async(self, task: Task[R, E]) -> TaskResult:
-        """Queue ``task`` on the main lane; its reply, a ``gevent.event.AsyncResult``."""
-        return self.submit(task)
-
-    def queue_task_with_priority_async(self, task: Task[R, E]) -> TaskResult:
-        """As :meth:`queue_task_async`, on the priority lane."""
-        return self.submit(task, priority=True)
-
-    def queue_task_once_async(self, task: Task[R, E]) -> TaskResult:
-        """As :meth:`queue_task_async`, at most once."""
-        return self.submit(task, once=True)
-
-    def queue_task_with_priority_once_async(self, task: Task[R, E]) -> TaskResult:
-        """As :meth:`queue_task_async`, on the priority lane, at most once."""
-        return self.submit(task, priority=True, once=True)
-
-    def queue_task_with_callback(self, task: Task[R, E], callback: Callback) -> None:
-        """Queue ``task``; later call ``callback(result, error)`` once, in its own greenlet."""
-        self._submit_with_callback(task, callback, False, False)
-
-    def queue_task_with_priority_with_callback(self, task: Task[R, E], callback: Callback) -> None:
-        """As :meth:`queue_task_with_callback`, on the priority lane."""
-        self._submit_with_callback(task, callback, True, False)
-
-    def queue_task_once_with_callback(self, task: Task[R, E], callback: Callback) -> None:
-        """As :meth:`queue_task_with_callback`, at most once."""
-        self._submit_with_callback(task, callback, False, True)
-
-    def queue_task_with_priority_once_with_callback(self, task: Task[R, E], callback: Callback) -> None:
-        """As :meth:`queue_task_with_callback`, on the priority lane, at most once."""
-        self._submit_with_callback(task, callback, True, True)
 
     def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None:
         if not callable(callback):
