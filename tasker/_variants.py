@@ -25,19 +25,9 @@ Callback = Callable[[Any, BaseException | None], object]
 class SeedVariants(Generic[R, E]):
     """The seed's twelve ways to submit; mixed into :class:`~tasker.TaskManager`."""
 
-    if TYPE_CHECKING:  # provided by TaskManager
-
-        def submit(
-            self,
-            task: Task[R, E],
-            *,
-            priority: bool = False,
-            once: bool = False,
-            timeout: float | None = None,
-            block: bool = True,
-        ) -> TaskResult: ...
-
-        def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None: ...
+    if TYPE_CHECKING:  # provided by TaskManager, whose signatures they are
+        submit: Callable[..., TaskResult]
+        _submit_with_callback: Callable[[Task[R, E], Callback, bool, bool], None]
 
     def queue_task(self, task: Task[R, E]) -> E:
         """Run ``task`` on the main lane; block this greenlet for its value or exception."""
