@@ -75,6 +75,7 @@ class TaskManager(SeedVariants[R, E]):
         self._task_timeout = config.task_timeout
         self._logger = config.logger or logging.getLogger("tasker")
         self._collector: MetricsCollector = config.collector or Collector(clock=self._clock)
+        self._record_cancellation = getattr(self._collector, "record_cancellation", None)  # optional
         self._ctx = config.ctx.child() if config.ctx is not None else Context()
         self._hub = gevent.get_hub()
         self._accepting = True
@@ -158,10 +159,7 @@ class TaskManager(SeedVariants[R, E]):
                 raise ManagerStoppedError("the manager stopped while the task waited for room")
         msg = TaskResult(self, fn, priority, once, timeout, self._now())
         self._arrived += 1
-        try:
-            self._collector.record_arrival()
-        except Exception as exc:
-            self._log("error", "tasker: collector.record_arrival raised %r", exc)
+        self._record_arrival()
         mailbox.put(msg)
         return msg
 
@@ -239,23 +237,24 @@ class TaskManager(SeedVariants[R, E]):
 
     def stats(self) -> TaskStats:
         """A snapshot of workers, queues and the pool."""
-        base = burst = active = 0
+        base = burst = busy = 0
         for worker in self._supervisor.workers.values():
             if worker.started:
                 if worker.burst:
                     burst += 1
                 else:
                     base += 1
-            active += worker.in_task
+            busy += worker.in_task
         mailbox = self._mailbox
         return TaskStats(
             base_workers=base,
-            active_workers=active,
+            active_workers=base + burst,
             burst_workers=burst,
             queued_tasks=len(mailbox.main),
             priority_tasks=len(mailbox.priority),
             available_resources=self._pool.available,
             blocked_submitters=mailbox.blocked_submitters(),
+            busy_workers=busy,
         )
 
     def metrics(self) -> TaskMetrics:
@@ -370,11 +369,11 @@ class TaskManager(SeedVariants[R, E]):
         gevent.killall([g for g in (supervisor.greenlet, self._scaler and self._scaler.greenlet) if g])
         self._ctx.cancel()
         for msg in self._mailbox.drain():
-            self._finish(msg, TaskKilledError("dropped from the queue by kill()"))
+            self._finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
         workers = list(supervisor.workers.values())
         for worker in workers:
             if worker.current is not None and worker.greenlet is not me:
-                self._finish(worker.current, TaskKilledError("interrupted by kill()"))
+                self._finish(worker.current, TaskKilledError("interrupted by kill()"), cancelled=True)
         for greenlet in self._pool.running:
             if greenlet is not me:
                 self._hub.loop.run_callback(self._throw_run_task, greenlet)
@@ -407,28 +406,45 @@ class TaskManager(SeedVariants[R, E]):
 
     # -- what the actors call -------------------------------------------------------
 
-    def _finish(self, msg: TaskResult, exc: BaseException | None, value: Any = None) -> None:
-        """Resolve ``msg``'s reply unless it already is, and record it; the only place that does."""
+    def _finish(self, msg: TaskResult, exc: BaseException | None, value: Any = None, cancelled: bool = False) -> None:
+        """Resolve ``msg``'s reply unless it already is, and record it; the only place that does.
+
+        ``cancelled``: the task was withdrawn (``cancel()``, a cancelled context, ``kill()``),
+        which the metrics count apart from failures.
+        """
         if msg.ready():
             return
         self._done += 1
-        stamps = TaskLifecycleTimestamps(msg._queued_at, msg._started_at, self._now())
+        now = self._now()
+        started = msg._started_at
+        stamps = TaskLifecycleTimestamps(msg._queued_at, now if started is None else started, now)
         if exc is None:
             msg.set(value)
-            try:
-                self._collector.record_completion(stamps)
-            except Exception as error:
-                self._log("error", "tasker: collector.record_completion raised %r", error)
         else:
             msg.set_exception(exc)
-            try:
+        self._record(stamps, exc is not None, cancelled)
+
+    def _record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool) -> None:
+        """Tell the collector how one task ended (a queued task or a ``run_task`` call)."""
+        try:
+            if not failed:
+                self._collector.record_completion(stamps)
+            elif not cancelled:
                 self._collector.record_failure(stamps)
-            except Exception as error:
-                self._log("error", "tasker: collector.record_failure raised %r", error)
+            elif self._record_cancellation is not None:
+                self._record_cancellation(stamps)
+        except Exception as error:
+            self._log("error", "tasker: the collector raised %r", error)
+
+    def _record_arrival(self) -> None:
+        try:
+            self._collector.record_arrival()
+        except Exception as exc:
+            self._log("error", "tasker: collector.record_arrival raised %r", exc)
 
     def _redeliver(self, msg: TaskResult) -> None:
         if msg._ctx is not None and msg._ctx._cancelled:
-            self._finish(msg, CancelledError("cancelled while it ran"))
+            self._finish(msg, CancelledError("cancelled while it ran"), cancelled=True)
             return
         msg._ctx = None
         try:
@@ -441,7 +457,7 @@ class TaskManager(SeedVariants[R, E]):
         if msg.ready():
             return False
         if self._mailbox.remove(msg) or msg._ctx is None:
-            self._finish(msg, CancelledError("cancelled before it ran"))
+            self._finish(msg, CancelledError("cancelled before it ran"), cancelled=True)
         else:
             msg._ctx.cancel()
         return True

@@ -21,7 +21,7 @@ from ._types import TaskLifecycleTimestamps, TaskMetrics
 
 __all__ = ["Collector"]
 
-_MIN_VALUE = 1e-9  # 1 ns: anything shorter lands in bucket 0 and reads as 0.0
+_MIN_VALUE = 1e-9  # 1 ns: anything shorter lands in bucket 0, which reads as the minimum seen
 _MAX_VALUE = 1e6  # seconds; longer values land in the last bucket
 _log = math.log
 
@@ -74,8 +74,10 @@ class Collector:
             ``task_completion_rate``.
         relative_error: bound on the relative error of p95/p99, in (0, 0.5).
 
-    Execution-time statistics cover every task that ran (succeeded or failed); wait
-    time is from queueing to the start of the last attempt.
+    With the seed's meanings: execution and wait times, and ``task_completion_rate``,
+    come from successful tasks only (``record_completion``); ``record_failure`` and
+    ``record_cancellation`` only count. Wait time is from queueing to the start of the
+    last attempt.
     """
 
     def __init__(
@@ -104,8 +106,8 @@ class Collector:
         self._exec_min = math.inf
         self._exec_max = 0.0
         self._wait_sum = 0.0
-        self._terminal = 0  # completed + failed
         self._failed = 0
+        self._cancelled = 0
         self._retried = 0
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
@@ -123,20 +125,17 @@ class Collector:
 
     def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
         self._failed += 1
-        self._record_terminal(stamps)
 
-    def _record_terminal(self, stamps: TaskLifecycleTimestamps) -> None:
-        # Every terminal record passes here (completed = terminal - failed), and
-        # record_completion *is* this function, so the hot path is one call.
-        self._terminal += 1
+    def record_cancellation(self, stamps: TaskLifecycleTimestamps) -> None:
+        self._cancelled += 1
+
+    def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
         finished = stamps.finished_at
         finishes = self._finishes
         if finished >= finishes.next_roll:
             finishes.roll(finished)
         finishes.count += 1
         started = stamps.started_at
-        if started is None:
-            return
         took = finished - started
         self._ran += 1
         self._exec_sum += took
@@ -151,8 +150,6 @@ class Collector:
         else:
             self._buckets[0] += 1
 
-    record_completion = _record_terminal
-
     def _percentile(self, q: float) -> float:
         rank = max(1, math.ceil(q * self._ran))
         seen = 0
@@ -165,9 +162,8 @@ class Collector:
 
     def metrics(self) -> TaskMetrics:
         now = self._clock.now()
-        ran = self._ran
-        terminal = self._terminal
-        completed = terminal - self._failed
+        completed = ran = self._ran
+        terminal = completed + self._failed
         return TaskMetrics(
             average_execution_time=self._exec_sum / ran if ran else 0.0,
             min_execution_time=self._exec_min if ran else 0.0,
@@ -182,4 +178,5 @@ class Collector:
             total_tasks_retried=self._retried,
             success_rate=completed / terminal if terminal else 0.0,
             failure_rate=self._failed / terminal if terminal else 0.0,
+            total_tasks_cancelled=self._cancelled,
         )

@@ -2,7 +2,8 @@
 
 ``run_task`` runs the task in the caller's own greenlet, bypassing the queues, with a
 pooled resource if one is free or else a temporary one (created, used once,
-destroyed). It has no health check and no retry. The manager counts calls in flight so
+destroyed). It has no health check and no retry. Its calls are recorded in the
+metrics like queued tasks: an arrival, then a completion, failure or cancellation. The manager counts calls in flight so
 ``stop()`` waits for them and ``kill()`` can interrupt them.
 """
 
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from greenlet import getcurrent
 
 from ._context import Context
-from ._errors import ManagerStoppedError, ResourceCreationError, TaskKilledError
+from ._errors import CancelledError, ManagerStoppedError, ResourceCreationError, TaskKilledError
 from ._message import Interrupt
+from ._types import TaskLifecycleTimestamps
 from ._worker import NO_RESOURCE
 
 if TYPE_CHECKING:
@@ -46,7 +48,18 @@ class ResourcePool:
         manager = self._manager
         if not manager._accepting:
             raise ManagerStoppedError("the manager is stopped; run_task is not accepted")
+        now = manager._now
+        queued_at = now()
+        started_at: float | None = None
+        manager._record_arrival()
         self.in_flight += 1
+        failed = cancelled = True  # what the collector hears unless the task ends by itself
+
+        def record() -> None:
+            finished = now()
+            stamps = TaskLifecycleTimestamps(queued_at, finished if started_at is None else started_at, finished)
+            manager._record(stamps, failed, cancelled)
+
         try:
             resource = self._free.pop() if self._free else NO_RESOURCE
             temporary = resource is NO_RESOURCE
@@ -54,18 +67,34 @@ class ResourcePool:
                 try:
                     resource = manager._config.on_create()
                 except Exception as exc:
+                    cancelled = False
+                    record()
                     raise ResourceCreationError(f"on_create raised {exc!r} for run_task") from exc
             try:
                 if manager._killing:
+                    record()
                     raise TaskKilledError("the manager was killed before the task started")
                 current = getcurrent()
                 self.running.append(current)
+                ctx = Context(manager._ctx)
+                started_at = now()
                 try:
-                    return fn(Context(manager._ctx), resource)
-                except Interrupt as interrupt:
+                    value = fn(ctx, resource)
+                except Interrupt as interrupt:  # kill(): cancelled
+                    record()
                     raise interrupt.error from None
+                except Exception as exc:
+                    cancelled = isinstance(exc, CancelledError) and ctx.cancelled
+                    record()
+                    raise
+                except BaseException:  # the caller's own Timeout, or its greenlet killed: it gave up
+                    record()
+                    raise
                 finally:
                     self.running.remove(current)
+                failed = cancelled = False
+                record()
+                return value
             finally:
                 if temporary or manager._tearing_down:  # torn down under us: kill() from this task
                     manager._destroy(resource)

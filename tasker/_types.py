@@ -30,8 +30,10 @@ class TaskLifecycleTimestamps(NamedTuple):
 
     queued_at: float
     """When the submission was accepted."""
-    started_at: float | None
-    """When a worker started its last attempt; None if it never ran (killed, cancelled)."""
+    started_at: float
+    """When its last attempt started. A task that never ran (failed or cancelled while
+    queued) has ``started_at == finished_at``: its execution time reads 0 and its wait
+    is the whole time it was queued. Never None, so ``finished_at - started_at`` always works."""
     finished_at: float
     """When its reply was resolved."""
 
@@ -43,7 +45,7 @@ class TaskStats:
     base_workers: int
     """Workers that live as long as the manager."""
     active_workers: int
-    """Workers currently running a task."""
+    """All live workers, base + burst (the seed's meaning); see ``busy_workers``."""
     burst_workers: int
     """Extra workers started by the scaler under load."""
     queued_tasks: int
@@ -54,6 +56,8 @@ class TaskStats:
     """Free resources in the ``run_task`` pool."""
     blocked_submitters: int = 0
     """Submitters waiting for room in a bounded lane (``Config.max_queue_size``)."""
+    busy_workers: int = 0
+    """Workers running a task right now (an extension; ``active_workers - busy_workers`` are idle)."""
 
 
 @attrs.frozen
@@ -61,7 +65,7 @@ class TaskMetrics:
     """What a :class:`MetricsCollector` reports. Times in seconds, rates per second."""
 
     average_execution_time: float = 0.0
-    """Mean time from start to finish of the tasks that ran."""
+    """Mean time from start to finish of the tasks that succeeded."""
     min_execution_time: float = 0.0
     """Shortest execution time seen."""
     max_execution_time: float = 0.0
@@ -71,21 +75,25 @@ class TaskMetrics:
     p99_execution_time: float = 0.0
     """99th percentile of execution time."""
     average_wait_time: float = 0.0
-    """Mean time from queueing to start."""
+    """Mean time from queueing to start, of the tasks that succeeded."""
     task_arrival_rate: float = 0.0
     """Accepted submissions per second over the recent window."""
     task_completion_rate: float = 0.0
-    """Terminal replies (success or failure) per second over the recent window."""
+    """Tasks completed successfully per second over the recent window."""
     total_tasks_completed: int = 0
     """Tasks that succeeded."""
     total_tasks_failed: int = 0
-    """Tasks that ended with an exception (including killed and cancelled ones)."""
+    """Tasks that failed for good: after every allowed retry, or with a healthy error.
+    Cancelled and killed tasks are not failures: see ``total_tasks_cancelled``."""
     total_tasks_retried: int = 0
     """Redeliveries after unhealthy failures."""
     success_rate: float = 0.0
     """completed / (completed + failed); 0.0 before any."""
     failure_rate: float = 0.0
     """failed / (completed + failed); 0.0 before any."""
+    total_tasks_cancelled: int = 0
+    """Tasks withdrawn by ``cancel()``, a cancelled context or ``kill()`` (an extension;
+    counted by collectors that have ``record_cancellation``)."""
 
 
 @runtime_checkable
@@ -109,16 +117,22 @@ class Logger(Protocol):
 
 
 class MetricsCollector(Protocol):
-    """Receives task lifecycle events and reports :class:`TaskMetrics`."""
+    """Receives task lifecycle events and reports :class:`TaskMetrics`.
+
+    The seed's four record methods and ``metrics``. A collector may also define
+    ``record_cancellation(stamps)``: the manager looks it up once, when it starts, and
+    calls it for a task that was cancelled or killed. A collector without it is not told
+    of those tasks at all (they are neither completions nor failures).
+    """
 
     def record_arrival(self) -> None:
         """A submission was accepted (once per submission, not per retry)."""
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        """A task succeeded."""
+        """A task succeeded (a queued task, or a ``run_task`` call)."""
 
     def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
-        """A task ended with an exception (terminally: not for a redelivered attempt)."""
+        """A task failed for good: not for a redelivered attempt, not for a cancel or kill."""
 
     def record_retry(self) -> None:
         """A message was redelivered after an unhealthy failure."""

@@ -20,7 +20,7 @@ import attrs
 import gevent
 
 from ._context import Context
-from ._errors import TaskKilledError, TaskTimeoutError
+from ._errors import CancelledError, TaskKilledError, TaskTimeoutError
 from ._message import Interrupt, TaskResult
 
 if TYPE_CHECKING:
@@ -129,7 +129,9 @@ class Worker:
     def _failed(self, msg: TaskResult, exc: BaseException) -> Exit | None:
         if self.manager._healthy(exc):
             self.current = None
-            self.manager._finish(msg, exc)
+            # A task that gave up because its context was cancelled was cancelled, not failed.
+            cancelled = isinstance(exc, CancelledError) and msg._ctx is not None and msg._ctx.cancelled
+            self.manager._finish(msg, exc, cancelled=cancelled)
             return None
         return Exit("unhealthy", exc, msg)
 

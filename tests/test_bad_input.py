@@ -71,7 +71,7 @@ class Door:
         for _ in range(3):
             gevent.idle()
         stats = self.manager.stats()
-        assert (stats.queued_tasks, stats.priority_tasks, stats.active_workers) == (0, 0, 0)
+        assert (stats.queued_tasks, stats.priority_tasks, stats.busy_workers) == (0, 0, 0)
         assert self.collector.arrivals == 0
         assert self.ran == []
         assert self.manager._callbacks == 0  # private: no callback is owed, stop() will not wait for one

@@ -19,7 +19,7 @@ import pytest
 from tasker import _demo
 
 RUN_TIMEOUT = 30.0  # seconds; a healthy run takes one or two
-STATUS = re.compile(r"^\s*\d+\.\ds \d+/\d+ \| workers \d+\+\d+ \|")
+STATUS = re.compile(r"^\s*\d+\.\ds \d+/\d+ \| workers \d+\+\d+ \(\d+ busy\) \|")
 
 
 class Demo:
@@ -120,7 +120,8 @@ def check_accounting(output: str) -> None:
     assert number(r"URLs, (\d+) replies", output) == submitted
     completed = number(r"completed (\d+)", output)
     failed = number(r"failed (\d+)", output)
-    assert completed + failed == submitted
+    cancelled = number(r"cancelled (\d+)", output)  # dropped by kill(): not failures (the seed's meaning)
+    assert completed + failed + cancelled == submitted
     opened = number(r"(\d+) opened \(on_create\)", output)
     assert opened > 0
     assert number(r"(\d+) closed \(on_destroy\)", output) == opened
@@ -148,7 +149,7 @@ class TestRun:
         code, out = run_demo(*args)
         assert code == 0, out
         check_accounting(out)
-        assert "completed 200, failed 0, retried 0, success rate 100.0%" in out
+        assert "completed 200, failed 0, cancelled 0, retried 0, success rate 100.0%" in out
         assert number(r"(\d+) opened", out) == 4  # no worker was ever replaced
         status = [line for line in out.splitlines() if STATUS.match(line)]
         assert len(status) >= 2  # one a second when stdout is not a terminal, and a final one

@@ -321,7 +321,7 @@ class TestManagerOrder:
             plan = [("m1", False), ("m2", False), ("p1", True), ("m3", False), ("p2", True), ("p3", True)]
             replies = [manager.submit(record(order, n), priority=p) for n, p in plan]
             stats = manager.stats()
-            assert (stats.queued_tasks, stats.priority_tasks, stats.active_workers) == (3, 3, 1)
+            assert (stats.queued_tasks, stats.priority_tasks, stats.busy_workers) == (3, 3, 1)
             gate.release.set()
             assert [r.get(timeout=5) for r in replies] == [n for n, _ in plan]
             assert held.get(timeout=5) == "gate"

@@ -93,6 +93,10 @@ class CountingCollector(tasker.Collector):
         self.calls["retry"] += 1
         super().record_retry()
 
+    def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.calls["cancellation"] += 1
+        super().record_cancellation(stamps)
+
 
 class RaisingCollector(tasker.Collector):
     """A collector whose every record_* raises."""
@@ -530,7 +534,7 @@ class TestConcurrency:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
         assert manager.stats() == tasker.TaskStats(
-            base_workers=1, active_workers=0, burst_workers=0, queued_tasks=0, priority_tasks=0, available_resources=1
+            base_workers=1, active_workers=1, burst_workers=0, queued_tasks=0, priority_tasks=0, available_resources=1
         )
         gate = Gate()
         held = manager.queue_task_async(gate)
@@ -540,7 +544,7 @@ class TestConcurrency:
         callers = [gevent.spawn(manager.queue_task_once, returning("blocked")) for _ in range(2)]
         gevent.idle()
         stats = manager.stats()
-        assert (stats.active_workers, stats.queued_tasks, stats.priority_tasks) == (1, 5, 2)
+        assert (stats.busy_workers, stats.queued_tasks, stats.priority_tasks) == (1, 5, 2)
         assert (stats.base_workers, stats.burst_workers, stats.available_resources) == (1, 0, 1)
         main[1].cancel()
         assert manager.stats().queued_tasks == 4
@@ -550,23 +554,26 @@ class TestConcurrency:
         assert [main[0].get(), main[2].get()] == [0, 2]
         assert [c.get() for c in callers] == ["blocked", "blocked"]
         stats = manager.stats()
-        assert (stats.active_workers, stats.queued_tasks, stats.priority_tasks) == (0, 0, 0)
+        assert (stats.busy_workers, stats.queued_tasks, stats.priority_tasks) == (0, 0, 0)
         assert manager.stop() is True
 
-    def test_active_workers_counts_running_tasks(self) -> None:
+    def test_busy_workers_counts_running_tasks_and_active_workers_all_of_them(self) -> None:
+        # Seed, TaskStats: "ActiveWorkers int32 // Total number of currently active workers
+        # (base + burst)." busy_workers is the extension: workers running a task now.
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=3, max_worker_count=3))
+        assert (manager.stats().active_workers, manager.stats().busy_workers) == (3, 0)
         gates = [Gate(value=i) for i in range(2)]
         replies = [manager.queue_task_async(g) for g in gates]
         for gate in gates:
             gate.started.wait()
-        assert manager.stats().active_workers == 2
+        assert (manager.stats().active_workers, manager.stats().busy_workers) == (3, 2)
         gates[0].release.set()
         assert replies[0].get() == 0
-        assert manager.stats().active_workers == 1
+        assert (manager.stats().active_workers, manager.stats().busy_workers) == (3, 1)
         gates[1].release.set()
         assert replies[1].get() == 1
-        assert manager.stats().active_workers == 0
+        assert (manager.stats().active_workers, manager.stats().busy_workers) == (3, 0)
         assert manager.stop() is True
 
 
@@ -1017,7 +1024,8 @@ class TestMetrics:
         cancelled = manager.queue_task_async(returning("never"))
         assert cancelled.cancel() is True
         queued = manager.queue_task_with_priority_async(returning("never"))
-        assert manager.metrics().total_tasks_failed == 2  # the cancelled one
+        metrics = manager.metrics()
+        assert (metrics.total_tasks_failed, metrics.total_tasks_cancelled) == (1, 1)  # cancelled apart
         manager.kill()
         assert isinstance(held.exception, TaskKilledError)
         assert isinstance(queued.exception, TaskKilledError)
@@ -1025,5 +1033,6 @@ class TestMetrics:
             manager.queue_task_async(returning("late"))
         metrics = manager.metrics()
         assert collector.calls["arrival"] == 8
-        assert (metrics.total_tasks_completed, metrics.total_tasks_failed, metrics.total_tasks_retried) == (4, 4, 1)
-        assert collector.calls["completion"] + collector.calls["failure"] == 8  # one per reply
+        assert (metrics.total_tasks_completed, metrics.total_tasks_failed, metrics.total_tasks_retried) == (4, 1, 1)
+        assert metrics.total_tasks_cancelled == 3  # one cancel, two dropped by kill()
+        assert collector.calls["completion"] + collector.calls["failure"] + collector.calls["cancellation"] == 8

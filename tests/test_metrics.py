@@ -106,20 +106,26 @@ class TestCounts:
 class TestExecutionStats:
     """Min, max and means are exact; tasks that never ran do not count into them."""
 
-    def test_min_max_avg_exact(self) -> None:
+    def test_min_max_avg_exact_and_from_successes_only(self) -> None:
+        # Seed: RecordCompletion "updates internal metrics for total tasks completed,
+        # execution time, wait time, and min/max/percentile execution times";
+        # RecordFailure only "increments internal counter for total tasks failed".
         collector = tasker.Collector(clock=FakeClock())
         collector.record_completion(Stamps(0.0, 1.0, 1.5))  # ran 0.5, waited 1.0
         collector.record_completion(Stamps(2.0, 2.0, 3.5))  # ran 1.5, waited 0.0
-        collector.record_failure(Stamps(1.0, 3.0, 7.0))  # ran 4.0, waited 2.0
+        collector.record_failure(Stamps(1.0, 3.0, 7.0))  # ran 4.0, waited 2.0: not timed
+        collector.record_cancellation(Stamps(1.0, 9.0, 9.5))  # not timed either
         metrics = collector.metrics()
         assert metrics.min_execution_time == 0.5
-        assert metrics.max_execution_time == 4.0
-        assert metrics.average_execution_time == 2.0
-        assert metrics.average_wait_time == 1.0
+        assert metrics.max_execution_time == 1.5
+        assert metrics.p99_execution_time == pytest.approx(1.5, rel=0.01)
+        assert metrics.average_execution_time == 1.0
+        assert metrics.average_wait_time == 0.5
+        assert (metrics.total_tasks_completed, metrics.total_tasks_failed, metrics.total_tasks_cancelled) == (2, 1, 1)
 
-    def test_failure_that_never_ran_is_counted_but_not_timed(self) -> None:
+    def test_failure_is_counted_but_not_timed(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
-        collector.record_failure(Stamps(0.0, None, 50.0))
+        collector.record_failure(Stamps(0.0, 50.0, 50.0))
         metrics = collector.metrics()
         assert metrics.total_tasks_failed == 1
         assert metrics.average_execution_time == 0.0
@@ -337,14 +343,22 @@ class TestRates:
         clock.advance(5.0)
         assert collector.metrics().task_arrival_rate == pytest.approx(5.0, rel=0.1)
 
-    def test_failures_count_as_completions_and_retries_do_not(self) -> None:
+    def test_only_successes_count_in_the_completion_rate(self) -> None:
+        # Seed: TaskCompletionRate "is the number of tasks being successfully completed
+        # per second, calculated over a recent time window".
         clock = FakeClock()
         collector = tasker.Collector(clock=clock)
         for _ in range(40):
             clock.advance(0.25)
             now = clock.now()
-            collector.record_failure(Stamps(now, None, now))
+            collector.record_failure(Stamps(now, now, now))
+            collector.record_cancellation(Stamps(now, now, now))
             collector.record_retry()
+        assert collector.metrics().task_completion_rate == 0.0
+        for _ in range(40):
+            clock.advance(0.25)
+            now = clock.now()
+            collector.record_completion(Stamps(now, now, now))
         metrics = collector.metrics()
         assert metrics.task_completion_rate == pytest.approx(4.0, rel=0.05)
         assert metrics.task_arrival_rate == 0.0

@@ -60,9 +60,9 @@ class TestCounters:
         assert value(samples, "tasker_tasks_completed_total") == 5
         assert value(samples, "tasker_tasks_failed_total") == 2
         assert value(samples, "tasker_tasks_retried_total") == 1
-        # One observation per terminal reply, not per attempt.
-        assert value(samples, "tasker_task_execution_seconds_count") == 7
-        assert value(samples, "tasker_task_wait_seconds_count") == 7
+        # One observation per successful task (the seed's RecordCompletion), not per attempt.
+        assert value(samples, "tasker_task_execution_seconds_count") == 5
+        assert value(samples, "tasker_task_wait_seconds_count") == 5
 
     def test_metrics_still_come_from_the_inner_collector(self) -> None:
         registry = CollectorRegistry()
@@ -123,7 +123,9 @@ class TestHistograms:
         assert value(samples, "tasker_task_wait_seconds_bucket", le="0.5") == 2
         assert value(samples, "tasker_task_wait_seconds_bucket", le="+Inf") == 2
 
-    def test_a_task_dropped_before_it_ran_counts_as_failed_without_timings(self) -> None:
+    def test_tasks_dropped_by_kill_count_as_cancelled_without_timings(self) -> None:
+        # Seed: TotalTasksFailed counts "tasks that have failed after all retry attempts
+        # have been exhausted"; a kill is not that. Timings come from successes only.
         registry = CollectorRegistry()
         resources = Resources()
         collector = PrometheusCollector(registry=registry)
@@ -136,9 +138,11 @@ class TestHistograms:
             with pytest.raises(TaskKilledError):
                 reply.get()
         samples = scrape(registry)
-        assert value(samples, "tasker_tasks_failed_total") == 2
-        assert value(samples, "tasker_task_execution_seconds_count") == 1
-        assert value(samples, "tasker_task_wait_seconds_count") == 1
+        assert value(samples, "tasker_tasks_cancelled_total") == 2
+        assert value(samples, "tasker_tasks_failed_total") == 0
+        assert value(samples, "tasker_task_execution_seconds_count") == 0
+        assert value(samples, "tasker_task_wait_seconds_count") == 0
+        assert manager.metrics().total_tasks_cancelled == 2  # forwarded to the inner collector
 
     def test_custom_buckets(self) -> None:
         registry = CollectorRegistry()
@@ -168,7 +172,8 @@ class TestStatsGauges:
         samples = scrape(registry)
         assert value(samples, "tasker_workers", kind="base") == 2
         assert value(samples, "tasker_workers", kind="burst") == 0
-        assert value(samples, "tasker_active_workers") == 2
+        assert value(samples, "tasker_active_workers") == 2  # base + burst, the seed's meaning
+        assert value(samples, "tasker_busy_workers") == 2
         assert value(samples, "tasker_queued_tasks", lane="main") == 3
         assert value(samples, "tasker_queued_tasks", lane="priority") == 1
         assert value(samples, "tasker_available_resources") == 1
@@ -178,6 +183,7 @@ class TestStatsGauges:
         samples = scrape(registry)
         assert value(samples, "tasker_workers", kind="burst") == 1
         assert value(samples, "tasker_active_workers") == 3
+        assert value(samples, "tasker_busy_workers") == 3
         assert value(samples, "tasker_queued_tasks", lane="priority") == 0  # priority first
         assert value(samples, "tasker_queued_tasks", lane="main") == 3
 
@@ -187,6 +193,7 @@ class TestStatsGauges:
         samples = scrape(registry)
         assert value(samples, "tasker_workers", kind="base") == 0
         assert value(samples, "tasker_active_workers") == 0
+        assert value(samples, "tasker_busy_workers") == 0
 
     def test_untrack_removes_the_manager(self) -> None:
         registry = CollectorRegistry()

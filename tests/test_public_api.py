@@ -147,7 +147,7 @@ def _stamps() -> tasker.TaskLifecycleTimestamps:
 def _stats() -> tasker.TaskStats:
     return tasker.TaskStats(
         base_workers=1,
-        active_workers=0,
+        active_workers=1,
         burst_workers=0,
         queued_tasks=0,
         priority_tasks=0,
@@ -190,9 +190,9 @@ class TestFrozenValues:
         assert _stats() == _stats()
 
     def test_timestamps_fields_in_order(self) -> None:
-        stamps = tasker.TaskLifecycleTimestamps(1.0, None, 3.0)
-        assert (stamps.queued_at, stamps.started_at, stamps.finished_at) == (1.0, None, 3.0)
-        by_name = tasker.TaskLifecycleTimestamps(queued_at=1.0, started_at=None, finished_at=3.0)
+        stamps = tasker.TaskLifecycleTimestamps(1.0, 2.0, 3.0)
+        assert (stamps.queued_at, stamps.started_at, stamps.finished_at) == (1.0, 2.0, 3.0)
+        by_name = tasker.TaskLifecycleTimestamps(queued_at=1.0, started_at=2.0, finished_at=3.0)
         assert by_name == stamps
 
     def test_task_metrics_fields(self) -> None:
@@ -210,6 +210,7 @@ class TestFrozenValues:
             "total_tasks_retried",
             "success_rate",
             "failure_rate",
+            "total_tasks_cancelled",
         }
         assert {f.name for f in attrs.fields(tasker.TaskMetrics)} == expected
 
@@ -222,6 +223,7 @@ class TestFrozenValues:
             "queued_tasks",
             "priority_tasks",
             "available_resources",
+            "busy_workers",
         } <= names
 
 

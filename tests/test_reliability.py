@@ -147,7 +147,7 @@ class FlakyCollector:
         self.inner = tasker.Collector(clock=clock)
         self.raising = False
         self.raised = 0
-        self.arrivals = self.completed = self.failed = self.retried = 0
+        self.arrivals = self.completed = self.failed = self.retried = self.cancelled = 0
 
     def _maybe_raise(self) -> None:
         if self.raising:
@@ -172,6 +172,11 @@ class FlakyCollector:
     def record_retry(self) -> None:
         self.retried += 1
         self.inner.record_retry()
+        self._maybe_raise()
+
+    def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.cancelled += 1
+        self.inner.record_cancellation(stamps)
         self._maybe_raise()
 
     def metrics(self) -> tasker.TaskMetrics:
@@ -644,9 +649,20 @@ class ManagerMachine(RuleBasedStateMachine):
         c = self.collector
         ready = [msg for msg in msgs if msg.ready()]
         ok = sum(1 for msg in ready if msg.successful())
-        assert c.arrivals == len(msgs)
-        assert c.completed == ok
-        assert c.failed == len(ready) - ok
+        withdrawn = sum(1 for msg in ready if isinstance(msg.exception, (CancelledError, TaskKilledError)))
+        # run_task calls are recorded too (seed: TotalTasksCompleted counts every success);
+        # a call still in flight may or may not have been recorded yet.
+        runs = [g.value for _, g in self.runners if g.dead]
+        in_flight = len(self.runners) - len(runs)
+        run_ok = sum(1 for how, _ in runs if how == "value")
+        run_withdrawn = sum(1 for how, out in runs if isinstance(out, TaskKilledError))
+        assert c.arrivals == len(msgs) + len(self.runners)
+        extra = (
+            c.completed - ok - run_ok,
+            c.failed - (len(ready) - ok - withdrawn) - (len(runs) - run_ok - run_withdrawn),
+            c.cancelled - withdrawn - run_withdrawn,
+        )
+        assert min(extra) >= 0 and sum(extra) <= in_flight, (extra, in_flight)
         low = sum(msg.attempts - 1 for msg in msgs)
         high = sum(min(msg._fn.unhealthy, self.max_retries) for msg in msgs if not msg._fn.once)
         assert low <= c.retried <= high, (low, c.retried, high)
@@ -660,8 +676,10 @@ class ManagerMachine(RuleBasedStateMachine):
             stats.priority_tasks,
             stats.available_resources,
             stats.blocked_submitters,
+            stats.busy_workers,
         )
         assert min(fields) >= 0, stats
+        assert stats.active_workers == stats.base_workers + stats.burst_workers
         assert stats.base_workers <= self.worker_count
         assert stats.base_workers + stats.burst_workers <= self.max_workers
         pending = [msg for msg in msgs if not msg.ready() and not msg._fn.running]
@@ -673,10 +691,10 @@ class ManagerMachine(RuleBasedStateMachine):
         waiting_for_room = sum(1 for p, g in self.submitters if not g.dead and p not in accepted)
         assert stats.blocked_submitters == waiting_for_room, (stats, waiting_for_room)
         running_in_workers = sum(p.running for p in self.probes)
-        assert stats.active_workers == running_in_workers
+        assert stats.busy_workers == running_in_workers
         pooled_in_use = sum(1 for p in self.run_probes if p.running and p.resources[-1] in self.pool_ids)
         if m._finished.is_set():
-            assert stats == tasker.TaskStats(0, 0, 0, 0, 0, 0, 0), stats
+            assert stats == tasker.TaskStats(0, 0, 0, 0, 0, 0, 0, 0), stats
         else:
             assert stats.available_resources == self.pool_size - pooled_in_use
         # Every live resource is held by a worker, the pool or a running run_task.
@@ -806,13 +824,14 @@ class ManagerMachine(RuleBasedStateMachine):
         assert sorted(f.destroyed) == sorted(f.created), (f.created, f.destroyed)
         assert manager_greenlets(m) == []
         c = self.collector
-        assert c.arrivals == c.completed + c.failed == len(book.msgs)
+        assert c.arrivals == c.completed + c.failed + c.cancelled == len(book.msgs) + len(self.runners)
         metrics = m.metrics()
-        assert (metrics.total_tasks_completed, metrics.total_tasks_failed, metrics.total_tasks_retried) == (
-            c.completed,
-            c.failed,
-            c.retried,
-        )
+        assert (
+            metrics.total_tasks_completed,
+            metrics.total_tasks_failed,
+            metrics.total_tasks_retried,
+            metrics.total_tasks_cancelled,
+        ) == (c.completed, c.failed, c.retried, c.cancelled)
         # The door stays shut.
         with pytest.raises(ManagerStoppedError):
             m.submit(Probe("value", 0))

@@ -193,7 +193,7 @@ class TestNoBurstWhileIdle:
         load.add(3)
         tick(clock, 20)
         stats = manager.stats()
-        assert (stats.burst_workers, stats.active_workers, stats.queued_tasks) == (0, 3, 0)
+        assert (stats.burst_workers, stats.busy_workers, stats.queued_tasks) == (0, 3, 0)
         assert resources.calls == 4
         load.stop()
 

@@ -73,12 +73,12 @@ class TestOneTaskAtATime:
             gevent.idle()
             assert not second_ran.is_set()
             stats = manager.stats()
-            assert (stats.active_workers, stats.queued_tasks) == (1, 1)
+            assert (stats.busy_workers, stats.queued_tasks) == (1, 1)
             gate.release.set()
             assert first.get() == "gate"
             second.get()
             assert second_ran.is_set()
-            assert manager.stats().active_workers == 0
+            assert manager.stats().busy_workers == 0
 
     def test_a_resource_is_never_used_by_two_tasks_at_once(self) -> None:
         resources = Resources()

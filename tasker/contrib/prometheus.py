@@ -14,12 +14,14 @@ Exported names, with the default ``namespace="tasker"``::
 
     tasker_tasks_arrived_total            counter    accepted submissions
     tasker_tasks_completed_total          counter    tasks that succeeded
-    tasker_tasks_failed_total             counter    tasks that ended with an exception
+    tasker_tasks_failed_total             counter    tasks that failed for good
+    tasker_tasks_cancelled_total          counter    tasks cancelled or dropped by kill()
     tasker_tasks_retried_total            counter    redeliveries after unhealthy failures
-    tasker_task_execution_seconds         histogram  start to finish of tasks that ran
-    tasker_task_wait_seconds              histogram  queueing to start of the last attempt
+    tasker_task_execution_seconds         histogram  start to finish of tasks that succeeded
+    tasker_task_wait_seconds              histogram  queueing to start, of tasks that succeeded
     tasker_workers{kind="base"|"burst"}   gauge      live workers
-    tasker_active_workers                 gauge      workers running a task
+    tasker_active_workers                 gauge      live workers, base + burst (the seed's meaning)
+    tasker_busy_workers                   gauge      workers running a task
     tasker_queued_tasks{lane="main"|"priority"}  gauge  messages waiting
     tasker_available_resources            gauge      free resources in the run_task pool
     tasker_blocked_submitters             gauge      submitters waiting for room
@@ -84,10 +86,11 @@ class _Families:
 
         self.arrived = counter("tasks_arrived", "Submissions accepted by the task manager.")
         self.completed = counter("tasks_completed", "Tasks that succeeded.")
-        self.failed = counter("tasks_failed", "Tasks that ended with an exception (killed and cancelled included).")
+        self.failed = counter("tasks_failed", "Tasks that failed for good (not cancelled ones).")
+        self.cancelled = counter("tasks_cancelled", "Tasks cancelled, or dropped or interrupted by kill().")
         self.retried = counter("tasks_retried", "Redeliveries after unhealthy failures.")
-        self.execution = histogram("task_execution_seconds", "Seconds from start to finish of the tasks that ran.")
-        self.wait = histogram("task_wait_seconds", "Seconds from queueing to the start of the last attempt.")
+        self.execution = histogram("task_execution_seconds", "Seconds from start to finish of the tasks that succeeded.")
+        self.wait = histogram("task_wait_seconds", "Seconds from queueing to start, of the tasks that succeeded.")
 
 
 class PrometheusCollector:
@@ -137,6 +140,7 @@ class PrometheusCollector:
             self._arrived = families.arrived.labels(**labels)
             self._completed = families.completed.labels(**labels)
             self._failed = families.failed.labels(**labels)
+            self._cancelled = families.cancelled.labels(**labels)
             self._retried = families.retried.labels(**labels)
             self._execution = families.execution.labels(**labels)
             self._wait = families.wait.labels(**labels)
@@ -144,6 +148,7 @@ class PrometheusCollector:
             self._arrived = families.arrived
             self._completed = families.completed
             self._failed = families.failed
+            self._cancelled = families.cancelled
             self._retried = families.retried
             self._execution = families.execution
             self._wait = families.wait
@@ -159,13 +164,19 @@ class PrometheusCollector:
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
         self._completed.inc()
-        self._observe(stamps)
+        self._execution.observe(stamps.finished_at - stamps.started_at)
+        self._wait.observe(stamps.started_at - stamps.queued_at)
         self._inner.record_completion(stamps)
 
     def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
         self._failed.inc()
-        self._observe(stamps)
         self._inner.record_failure(stamps)
+
+    def record_cancellation(self, stamps: TaskLifecycleTimestamps) -> None:
+        self._cancelled.inc()
+        forward = getattr(self._inner, "record_cancellation", None)
+        if forward is not None:
+            forward(stamps)
 
     def record_retry(self) -> None:
         self._retried.inc()
@@ -173,12 +184,6 @@ class PrometheusCollector:
 
     def metrics(self) -> TaskMetrics:
         return self._inner.metrics()
-
-    def _observe(self, stamps: TaskLifecycleTimestamps) -> None:
-        started = stamps.started_at
-        if started is not None:  # a task dropped before it ran has no timings
-            self._execution.observe(stamps.finished_at - started)
-            self._wait.observe(started - stamps.queued_at)
 
 
 class StatsCollector:
@@ -217,7 +222,8 @@ class StatsCollector:
         ns, names = self._namespace, self._labelnames
         return {
             "workers": GaugeMetricFamily(f"{ns}_workers", "Live workers, by kind.", labels=(*names, "kind")),
-            "active": GaugeMetricFamily(f"{ns}_active_workers", "Workers running a task.", labels=names),
+            "active": GaugeMetricFamily(f"{ns}_active_workers", "Live workers, base + burst.", labels=names),
+            "busy": GaugeMetricFamily(f"{ns}_busy_workers", "Workers running a task.", labels=names),
             "queued": GaugeMetricFamily(f"{ns}_queued_tasks", "Messages waiting, by lane.", labels=(*names, "lane")),
             "available": GaugeMetricFamily(
                 f"{ns}_available_resources", "Free resources in the run_task pool.", labels=names
@@ -239,6 +245,7 @@ class StatsCollector:
             families["workers"].add_metric([*values, "base"], stats.base_workers)
             families["workers"].add_metric([*values, "burst"], stats.burst_workers)
             families["active"].add_metric(list(values), stats.active_workers)
+            families["busy"].add_metric(list(values), stats.busy_workers)
             families["queued"].add_metric([*values, "main"], stats.queued_tasks)
             families["queued"].add_metric([*values, "priority"], stats.priority_tasks)
             families["available"].add_metric(list(values), stats.available_resources)
