@@ -89,7 +89,7 @@ class _Families:
         self.failed = counter("tasks_failed", "Tasks that failed for good (not cancelled ones).")
         self.cancelled = counter("tasks_cancelled", "Tasks cancelled, or dropped or interrupted by kill().")
         self.retried = counter("tasks_retried", "Redeliveries after unhealthy failures.")
-        self.execution = histogram("task_execution_seconds", "Seconds from start to finish of the tasks that succeeded.")
+        self.execution = histogram("task_execution_seconds", "Seconds from start to finish of successful tasks.")
         self.wait = histogram("task_wait_seconds", "Seconds from queueing to start, of the tasks that succeeded.")
 
 
