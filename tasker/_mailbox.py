@@ -100,8 +100,18 @@ class Mailbox:
             if self.closing:
                 return None
             worker.idle_since = self._now()
-            (self.idle_burst if worker.burst else self.idle).append(worker)
-            woken = self._switch_to_hub()
+            stack = self.idle_burst if worker.burst else self.idle
+            stack.append(worker)
+            try:
+                woken = self._switch_to_hub()
+            except BaseException:
+                # Killed or timed out while parked (a timer a task left behind): leave the
+                # stack at once so nothing is handed to a dead greenlet. A message already
+                # handed over stays ``worker.current`` for the supervisor to redeliver.
+                if worker in stack:
+                    stack.remove(worker)
+                worker.died_parked = True
+                raise
             if woken is RETIRE:
                 return None
             if woken is not None:

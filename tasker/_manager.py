@@ -372,7 +372,10 @@ class TaskManager(SeedVariants[R, E]):
             self._finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
         workers = list(supervisor.workers.values())
         for worker in workers:
-            if worker.current is not None and worker.greenlet is not me:
+            # Not the task that called kill(): its own outcome answers it. But kill() from a
+            # hook of that worker (check_health, on_destroy, the collector) answers it here,
+            # since the supervisor that would have is gone.
+            if worker.current is not None and (worker.greenlet is not me or not worker.in_task):
                 self._finish(worker.current, TaskKilledError("interrupted by kill()"), cancelled=True)
         for greenlet in self._pool.running:
             if greenlet is not me:
@@ -433,14 +436,29 @@ class TaskManager(SeedVariants[R, E]):
                 self._collector.record_failure(stamps)
             elif self._record_cancellation is not None:
                 self._record_cancellation(stamps)
-        except Exception as error:
+        except BaseException as error:
+            self._survive(error)
             self._log("error", "tasker: the collector raised %r", error)
 
     def _record_arrival(self) -> None:
         try:
             self._collector.record_arrival()
-        except Exception as exc:
+        except BaseException as exc:
+            self._survive(exc)
             self._log("error", "tasker: collector.record_arrival raised %r", exc)
+
+    def _survive(self, exc: BaseException) -> None:
+        """Re-raise what user code raised that must end the greenlet; swallow the rest.
+
+        The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
+        custom BaseException from them must not end one. ``KeyboardInterrupt`` and
+        ``SystemExit`` keep gevent's meaning, and ``GreenletExit`` while kill() ends the
+        greenlet is kill()'s own.
+        """
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        if isinstance(exc, gevent.GreenletExit) and (self._killing or self._tearing_down):
+            raise exc
 
     def _redeliver(self, msg: TaskResult) -> None:
         if msg._ctx is not None and msg._ctx._cancelled:
@@ -496,5 +514,6 @@ class TaskManager(SeedVariants[R, E]):
     def _log(self, level: str, msg: str, *args: Any) -> None:
         try:
             getattr(self._logger, level)(msg, *args)
-        except Exception as exc:
+        except BaseException as exc:
+            self._survive(exc)
             logging.getLogger("tasker").error("tasker: the logger raised %r", exc)

@@ -121,8 +121,12 @@ class Supervisor:
             assert outcome.error is not None
             self._create_failed(worker, outcome.error)
         elif outcome.reason != "idle":
-            msg = worker.current
-            if msg is not None:  # a worker crashed while a message was assigned to it
+            msg, worker.current = worker.current, None
+            if msg is not None and worker.died_parked and not manager._killing:
+                # Handed to the worker as it died parked: it never ran there, so it goes
+                # back to the front of its lane (not a retry: no attempt was used).
+                manager._mailbox.put(msg, front=True)
+            elif msg is not None:  # it crashed while a message was assigned to it
                 manager._finish(msg, TaskKilledError(f"worker crashed: {outcome.error!r}"))
             self._replace(worker)
         if outcome.reason in ("unhealthy", "broken", "crashed"):

@@ -46,7 +46,17 @@ IDLE = Exit("idle")
 class Worker:
     """One worker actor; ``greenlet`` runs :meth:`_main`."""
 
-    __slots__ = ("burst", "current", "greenlet", "idle_since", "in_task", "manager", "resource", "starting")
+    __slots__ = (
+        "burst",
+        "current",
+        "died_parked",
+        "greenlet",
+        "idle_since",
+        "in_task",
+        "manager",
+        "resource",
+        "starting",
+    )
 
     def __init__(self, manager: TaskManager[Any, Any], burst: bool, resource: Any = NO_RESOURCE) -> None:
         self.manager = manager
@@ -56,6 +66,7 @@ class Worker:
         self.in_task = False  # True only while the task's own code runs
         self.idle_since = 0.0
         self.starting = False  # counted in Supervisor.starting until its resource exists
+        self.died_parked = False  # an exception reached it while parked in the mailbox
         self.greenlet = gevent.Greenlet(self._main)
 
     @property
@@ -68,7 +79,9 @@ class Worker:
         if self.resource is NO_RESOURCE:
             try:
                 self.resource = manager._config.on_create()
-            except (Exception, gevent.Timeout) as exc:  # gevent.Timeout: on_create bounded its own connect
+            except (KeyboardInterrupt, SystemExit):
+                raise  # gevent's meaning: they go to the main greenlet
+            except BaseException as exc:  # gevent.Timeout, GreenletExit, ...: all get the backoff
                 return Exit("create_failed", exc)
             manager._supervisor.started(self)
         try:
@@ -127,11 +140,13 @@ class Worker:
         return None
 
     def _failed(self, msg: TaskResult, exc: BaseException) -> Exit | None:
-        if self.manager._healthy(exc):
+        manager = self.manager
+        # While kill() runs nothing is redelivered: the caller gets the task's own error.
+        if manager._killing or manager._healthy(exc):
             self.current = None
             # A task that gave up because its context was cancelled was cancelled, not failed.
             cancelled = isinstance(exc, CancelledError) and msg._ctx is not None and msg._ctx.cancelled
-            self.manager._finish(msg, exc, cancelled=cancelled)
+            manager._finish(msg, exc, cancelled=cancelled)
             return None
         return Exit("unhealthy", exc, msg)
 

@@ -1,0 +1,196 @@
+"""Hostile call sites (issue #10): regression tests for each family fixed so far.
+
+Each case asserts the promises: every reply resolved once, every resource destroyed
+once, no manager greenlet left alive, and the call returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import pytest
+from conftest import manager_greenlets
+from gevent.event import Event
+from helpers import Resources, Unhealthy
+
+import tasker
+from tasker import ResourceCreationError, TaskKilledError, TaskManager
+from tasker.testing import FakeClock
+
+Manager = TaskManager[int, Any]
+
+
+class Custom(BaseException):
+    """A BaseException that is neither Exception nor one of gevent's."""
+
+
+def finish(manager: Manager, res: Resources) -> None:
+    assert manager.stop() is True
+    res.assert_all_destroyed_once()
+    assert manager_greenlets(manager) == []
+
+
+class TestParkedWorkerDies:
+    """A timer a task leaves behind kills or times out its worker later, while it is parked."""
+
+    @pytest.mark.parametrize("leftover", ["kill", "timeout"])
+    def test_later_submissions_are_answered_and_the_worker_replaced(self, leftover: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+        fired = Event()
+
+        def careless(ctx: tasker.Context, resource: int) -> str:
+            me = gevent.getcurrent()
+            if leftover == "kill":
+
+                def later() -> None:
+                    me.kill(block=False)
+                    fired.set()
+
+                gevent.spawn_later(0.02, later)
+            else:
+                gevent.Timeout.start_new(0.02)  # never cancelled
+                gevent.spawn_later(0.03, fired.set)
+            return "left a timer"
+
+        assert manager.queue_task(careless) == "left a timer"
+        fired.wait()
+        gevent.idle()
+        assert [manager.queue_task(lambda ctx, r, i=i: i) for i in range(3)] == [0, 1, 2]
+        assert manager.stats().base_workers == 1
+        assert len(res.created) == 3  # the pool's, the first worker's, its replacement's
+        finish(manager, res)
+
+    def test_a_message_handed_to_a_worker_as_it_dies_is_redelivered(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+        gevent.idle()
+        (worker,) = manager._supervisor.workers.values()
+        assert manager._mailbox.idle == [worker]
+        reply = manager.submit(lambda ctx, r: "ran elsewhere")  # handed over, not yet switched to
+        worker.greenlet.kill(block=False)  # lands before the hand-off runs
+        assert reply.get() == "ran elsewhere"
+        assert reply.attempts == 1
+        finish(manager, res)
+
+
+class TestKillFromTheFailingWorker:
+    """kill() from the worker whose task fails unhealthily still answers that task's caller."""
+
+    def test_kill_from_the_task_before_it_raises_unhealthy(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1))
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            manager.kill()
+            raise Unhealthy("after kill")
+
+        reply = manager.submit(task)
+        with pytest.raises(Unhealthy):
+            reply.get()
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+    @pytest.mark.parametrize("where", ["check_health", "on_destroy"])
+    def test_kill_from_a_hook_of_the_unhealthy_worker(self, where: str) -> None:
+        res = Resources()
+        box: list[Manager] = []
+        killed: list[bool] = []
+
+        def kill_once() -> None:
+            if not killed:
+                killed.append(True)
+                box[0].kill()
+
+        def check(exc: BaseException) -> bool:
+            if where == "check_health":
+                kill_once()
+            return not isinstance(exc, Unhealthy)
+
+        def destroy(resource: int) -> None:
+            res.destroy(resource)
+            if where == "on_destroy" and len(res.destroyed) == 1:
+                kill_once()
+
+        config = tasker.Config(on_create=res.create, on_destroy=destroy, worker_count=1, check_health=check)
+        manager: Manager = TaskManager(config)
+        box.append(manager)
+
+        def unhealthy(ctx: tasker.Context, resource: int) -> None:
+            raise Unhealthy("bad resource")
+
+        reply = manager.submit(unhealthy)
+        reply.wait(5)
+        assert reply.ready(), "the caller of the failing task was never answered"
+        assert isinstance(reply.exception, (TaskKilledError, Unhealthy))
+        gevent.idle()
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+
+class TestOnCreateBaseException:
+    """on_create raising a BaseException that is not an Exception gets the backoff too."""
+
+    @pytest.mark.parametrize("exc", [gevent.GreenletExit, Custom, gevent.Timeout])
+    def test_replacement_backs_off_and_the_caller_is_answered(self, exc: type[BaseException]) -> None:
+        clock = FakeClock()
+        calls = [0]
+
+        def create() -> int:
+            calls[0] += 1
+            if calls[0] > 2:  # the pool's and the first worker's work
+                raise exc()
+            return calls[0]
+
+        config = tasker.Config(
+            on_create=create, worker_count=1, max_worker_count=1, check_health=lambda e: False, clock=clock
+        )
+        manager: Manager = TaskManager(config)
+        reply = manager.submit(lambda ctx, r: (_ for _ in ()).throw(Unhealthy("bad")))
+        for _ in range(20):
+            gevent.idle()
+        assert calls[0] <= 4, f"on_create called {calls[0]} times with no time passing: no backoff"
+        clock.advance(0.2)
+        assert reply.ready()
+        assert isinstance(reply.exception, ResourceCreationError)
+        assert isinstance(reply.exception.__cause__, exc)
+        manager.kill()
+        assert manager_greenlets(manager) == []
+
+
+class TestHookRaisesBaseException:
+    """A logger or collector raising gevent.Timeout or a custom BaseException kills no actor."""
+
+    @pytest.mark.parametrize("exc", [gevent.Timeout, Custom])
+    def test_logger(self, exc: type[BaseException]) -> None:
+        class Raising:
+            def _raise(self, msg: str, *args: Any) -> None:
+                raise exc()
+
+            debug = info = warning = error = _raise
+
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, logger=Raising()))
+
+        def unhealthy(ctx: tasker.Context, resource: int) -> None:
+            raise Unhealthy("logged by the supervisor")
+
+        first = manager.submit(unhealthy)  # the supervisor logs the retirement
+        first.wait(5)
+        assert first.ready()
+        assert not manager._supervisor.greenlet.dead
+        assert manager.queue_task(lambda ctx, r: "still served") == "still served"
+        finish(manager, res)
+
+    @pytest.mark.parametrize("exc", [gevent.Timeout, Custom])
+    def test_collector(self, exc: type[BaseException]) -> None:
+        class Raising(tasker.Collector):
+            def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+                raise exc()
+
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=Raising()))
+        assert [manager.queue_task(lambda ctx, r, i=i: i) for i in range(3)] == [0, 1, 2]
+        assert manager.stats().base_workers == 1
+        finish(manager, res)
