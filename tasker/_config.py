@@ -74,6 +74,8 @@ def _has_methods(*names: str) -> Callable[[Any, attrs.Attribute[Any], Any], None
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None:
             return
+        if isinstance(value, type):  # its methods are there, but unbound: it would fail later
+            raise TypeError(f"Config.{attr.name} must be an instance, got the class {value!r}")
         missing = [n for n in names if not callable(getattr(value, n, None))]
         if missing:
             raise TypeError(f"Config.{attr.name} lacks {', '.join(missing)}(): got {value!r}")
@@ -130,6 +132,10 @@ class Config(Generic[R]):
     """Seconds a burst worker stays idle before it retires; None means ``10 * burst_interval``."""
     clock: Clock | None = attrs.field(default=None, validator=_has_methods("now", "sleep", "call_later"))
     """Time source; None means the real clock. ``tasker.testing.FakeClock`` for tests."""
+    kill_timeout: float | None = attrs.field(default=5.0, validator=_seconds(optional=True))
+    """Seconds ``kill()`` (and a ``stop()`` once it has drained or escalated) waits for the user
+    code it interrupted and for ``on_destroy`` calls to end before it gives up on them and
+    returns; None waits as long as they take."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_worker_count is not None and self.max_worker_count < self.worker_count:

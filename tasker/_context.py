@@ -19,6 +19,13 @@ from ._errors import CancelledError
 __all__ = ["Context"]
 
 
+def _check_seconds(timeout: Any) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+    if not (0 <= timeout < float("inf")):  # rejects NaN too
+        raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+
+
 class Context:
     """A cancellation signal, optionally bound to a parent and a timeout.
 
@@ -29,6 +36,8 @@ class Context:
     __slots__ = ("_cancelled", "_event", "_parent", "_timer")
 
     def __init__(self, parent: Context | None = None) -> None:
+        if parent is not None and not isinstance(parent, Context):
+            raise TypeError(f"Context parent must be a Context or None, got {parent!r}")
         self._parent = parent
         self._cancelled = False
         self._event: Event | None = None
@@ -38,10 +47,7 @@ class Context:
         """A new context cancelled with this one, or after ``timeout`` seconds if given."""
         child = Context(self)
         if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
-            if not (0 <= timeout < float("inf")):  # rejects NaN too
-                raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
+            _check_seconds(timeout)
             child._timer = gevent.get_hub().loop.timer(timeout)
             child._timer.start(child.cancel)
         return child
@@ -77,7 +83,13 @@ class Context:
 
         Returns:
             Whether the context is cancelled.
+
+        Raises:
+            TypeError, ValueError: ``timeout`` is not None or a finite number >= 0 (a NaN
+                would stop the event loop's timer from ever firing).
         """
+        if timeout is not None:
+            _check_seconds(timeout)
         if self.cancelled:
             return True
         events = []

@@ -33,7 +33,7 @@ from ._scaler import Scaler
 from ._supervisor import Supervisor
 from ._types import MetricsCollector, TaskLifecycleTimestamps, TaskMetrics, TaskStats
 from ._variants import Callback, SeedVariants, Task
-from ._worker import Worker
+from ._worker import NO_RESOURCE, Worker
 
 __all__ = ["TaskManager"]
 
@@ -53,6 +53,26 @@ def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not seconds_ok(timeout):
         raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {timeout!r}")
+
+
+def _check_flags(**flags: Any) -> None:
+    for name, value in flags.items():
+        if value.__class__ is not bool:
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+class _Deadline:
+    """``expired`` is set ``seconds`` from now on ``clock`` (never, for None)."""
+
+    __slots__ = ("_timer", "expired")
+
+    def __init__(self, clock: Clock, seconds: float | None) -> None:
+        self.expired = Event()
+        self._timer = clock.call_later(seconds, self.expired.set) if seconds is not None else None
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class TaskManager(SeedVariants[R, E]):
@@ -76,6 +96,7 @@ class TaskManager(SeedVariants[R, E]):
         self._logger = config.logger or logging.getLogger("tasker")
         self._collector: MetricsCollector = config.collector or Collector(clock=self._clock)
         self._record_cancellation = getattr(self._collector, "record_cancellation", None)  # optional
+        self._parent = config.ctx
         self._ctx = config.ctx.child() if config.ctx is not None else Context()
         self._hub = gevent.get_hub()
         self._accepting = True
@@ -84,13 +105,15 @@ class TaskManager(SeedVariants[R, E]):
         self._kill_called = False
         self._tearing_down = False
         self._quiet = Event()  # closing, drained, no run_task, no pending callback
+        self._wakers: list[Event] = []  # of shutdown calls waiting for something to end
         self._finished = Event()
         self._arrived = 0  # accepted submissions (the scaler's own counters)
         self._done = 0  # resolved replies
         self._callbacks = 0  # callbacks not yet returned
         self._callback_greenlets: set[Any] = set()  # greenlets inside a callback now
-        self._excused_runs = 0  # run_task calls / callbacks that stop()/kill() was called from:
-        self._excused_callbacks = 0  # shutdown must not wait for its own caller
+        self._excused_callbacks = 0  # callbacks that stop() was called from: it must not wait for itself
+        self._stoppers: set[Any] = set()  # greenlets inside stop(): kill() ends their wait, never interrupts it
+        self._destroyer: gevent.Greenlet | None = None  # destroys the pool's resources at teardown
         self._mailbox = Mailbox(config.max_queue_size, self._clock)
         self._supervisor = Supervisor(self)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
@@ -146,44 +169,64 @@ class TaskManager(SeedVariants[R, E]):
             QueueFullError: no room in a bounded lane.
         """
         fn = task if callable(task) else _task_fn(task)
+        if priority.__class__ is not bool or once.__class__ is not bool or block.__class__ is not bool:
+            _check_flags(priority=priority, once=once, block=block)
         if timeout is None:
             timeout = self._task_timeout
         else:
             _check_timeout(timeout)
-        if not self._accepting:
-            raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
+        if not self._accepting or self._parent is not None:
+            self._check_accepting()
         mailbox = self._mailbox
         if mailbox.max_size is not None:
             mailbox.wait_for_room(priority, block, timeout)
-            if not self._accepting:
-                raise ManagerStoppedError("the manager stopped while the task waited for room")
+            self._check_accepting()
         msg = TaskResult(self, fn, priority, once, timeout, self._now())
         self._arrived += 1
+        mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
         self._record_arrival()
-        mailbox.put(msg)
         return msg
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
+        if self._parent is not None and self._parent.cancelled:  # before the watcher has run
+            raise ManagerStoppedError("the manager's parent context is cancelled; no new tasks are accepted")
 
     def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None:
         if not callable(callback):
             raise TypeError(f"callback must be callable as callback(result, error), got {callback!r}")
-        reply = self.submit(task, priority=priority, once=once)
-        self._callbacks += 1
+        self._callbacks += 1  # owed from here: a collector that yields in submit can't race stop()
+        try:
+            reply = self.submit(task, priority=priority, once=once)
+        except BaseException:
+            self._callbacks -= 1
+            raise
         reply.rawlink(lambda r: gevent.spawn(self._call_back, callback, r))
 
     def _call_back(self, callback: Callback, reply: TaskResult) -> None:
         me = getcurrent()
         self._callback_greenlets.add(me)
+        if self._killing:  # still called once, but interrupted if it blocks
+            self._hub.loop.run_callback(self._interrupt_callback, me)
         try:
             if reply.successful():
                 callback(reply.value, None)
             else:
                 callback(None, reply.exception)
-        except Exception as exc:
+        except Interrupt:
+            self._log("warning", "tasker: callback %r interrupted by kill()", callback)
+        except BaseException as exc:
             self._log("error", "tasker: callback %r raised %r", callback, exc)
+            self._survive(exc)
         finally:
             self._callback_greenlets.discard(me)
             self._callbacks -= 1
-            self._check_quiet()
+            self._progressed()
+
+    def _interrupt_callback(self, greenlet: Any) -> None:
+        if greenlet in self._callback_greenlets:
+            greenlet.throw(Interrupt(TaskKilledError("callback interrupted by kill()")))
 
     def run_task(self, task: Task[R, E]) -> E:
         """Run ``task`` now in this greenlet, bypassing the queues.
@@ -274,7 +317,8 @@ class TaskManager(SeedVariants[R, E]):
         """Stop gracefully: run every queued message (priority first), then clean up.
 
         Waits for running tasks, in-flight ``run_task`` calls and pending callbacks;
-        destroys every resource; ends every actor.
+        destroys every resource; ends every actor. The whole call takes at most
+        ``timeout`` plus ``Config.kill_timeout`` seconds.
 
         Args:
             timeout: seconds (of the manager's clock) to drain before escalating to
@@ -285,25 +329,34 @@ class TaskManager(SeedVariants[R, E]):
 
         Raises:
             ManagerStoppedError: ``stop()`` or ``kill()`` was already called.
+            RuntimeError: called from inside the manager (a task, a hook, ``run_task``,
+                or the logger or collector inside an actor): it would wait for itself.
         """
         if self._stop_called or self._kill_called:
             raise ManagerStoppedError("stop() or kill() was already called")
         _check_timeout(timeout)
         me = getcurrent()
-        if me in self._supervisor.workers or me in self._pool.running:
+        if me in self._supervisor.workers or me in self._pool.running or me is self._supervisor.greenlet:
             raise RuntimeError(
-                "stop() called from inside one of this manager's tasks would wait for itself; "
-                "call kill(), or stop() from another greenlet (gevent.spawn(manager.stop))"
+                "stop() called from inside this manager (a task, a hook, run_task, or the logger or "
+                "collector in one of its actors) would wait for itself; call kill(), or stop() from "
+                "another greenlet (gevent.spawn(manager.stop))"
             )
         self._stop_called = True
-        self._excuse(me)
+        self._excused_callbacks += int(me in self._callback_greenlets)
         return self._graceful(timeout)
 
     def kill(self) -> None:
         """Stop now: fail queued messages and interrupt running tasks with ``TaskKilledError``.
 
-        Cancels the contexts of running tasks, destroys every resource, ends every
-        actor. Allowed while a ``stop()`` runs in another greenlet: it escalates it.
+        Cancels the contexts of running tasks and interrupts the user code running in
+        the manager (tasks, ``run_task`` calls and their ``on_create``, callbacks) with
+        an exception that ``except Exception`` does not catch; a callback still owed is
+        called, and interrupted if it blocks. Then it waits, at most
+        ``Config.kill_timeout`` seconds, for that code and for ``on_destroy`` calls
+        (never interrupted) to end, destroys every resource and ends every actor. Works
+        from anywhere, user code of this manager included (its own greenlet then ends
+        after kill() returns to it). Allowed while a ``stop()`` runs: it escalates it.
 
         Raises:
             ManagerStoppedError: ``kill()`` was already called, or the manager has
@@ -312,14 +365,18 @@ class TaskManager(SeedVariants[R, E]):
         if self._kill_called or self._finished.is_set():
             raise ManagerStoppedError("kill() was already called, or the manager has stopped")
         self._kill_called = True
-        self._excuse(getcurrent())
-        self._kill_now()
-        self._teardown()
+        deadline = self._deadline()
+        try:
+            self._kill_now(deadline)
+            self._teardown(deadline)
+        finally:
+            deadline.cancel()
 
     def _watch_parent(self, parent: Context) -> None:
         parent.wait()
         self._log("info", "tasker: parent context cancelled; stopping gracefully")
-        self._graceful(None)
+        if not self._finished.is_set():
+            self._graceful(None)
 
     def _close(self) -> None:
         """Stop accepting; let workers exit once the lanes are empty."""
@@ -329,16 +386,17 @@ class TaskManager(SeedVariants[R, E]):
         self._mailbox.close()
         self._supervisor.poke()
 
-    def _excuse(self, caller: Any) -> None:
-        """Shutdown called from a run_task task or a callback must not wait for itself."""
-        self._excused_runs += self._pool.running.count(caller)  # added up: stop() from a callback
-        self._excused_callbacks += int(caller in self._callback_greenlets)  # then kill() from a task
+    def _progressed(self) -> None:
+        """Something shutdown may wait for has ended (a run_task call, a callback, a worker)."""
+        for waker in self._wakers:
+            waker.set()
+        self._check_quiet()
 
     def _check_quiet(self) -> None:
         if (
             not self._accepting
             and self._supervisor.drained.is_set()
-            and self._pool.in_flight <= self._excused_runs
+            and not self._pool.running
             and self._callbacks <= self._excused_callbacks
         ):
             self._quiet.set()
@@ -346,66 +404,138 @@ class TaskManager(SeedVariants[R, E]):
     def _graceful(self, timeout: float | None) -> bool:
         self._close()
         self._check_quiet()
+        me = getcurrent()
+        self._stoppers.add(me)
         expired = Event()
         timer = self._clock.call_later(timeout, expired.set) if timeout is not None else None
         try:
             gevent.wait([self._quiet, expired, self._finished], count=1)
         finally:
+            self._stoppers.discard(me)
             if timer is not None:
                 timer.cancel()
         clean = self._quiet.is_set() and not self._killing
-        if not clean and not self._killing:
-            self._log("warning", "tasker: stop(timeout=%s) did not drain in time; killing", timeout)
-            self._kill_now()
-        self._teardown()
+        deadline = self._deadline()
+        try:
+            if not clean and not self._killing:
+                self._log("warning", "tasker: stop(timeout=%s) did not drain in time; killing", timeout)
+                self._kill_now(deadline)
+            self._teardown(deadline)
+        finally:
+            deadline.cancel()
         return clean
 
-    def _kill_now(self) -> None:
+    def _deadline(self) -> _Deadline:
+        return _Deadline(self._clock, self._config.kill_timeout)
+
+    def _kill_now(self, deadline: _Deadline) -> None:
+        """Answer every message and interrupt all user code; wait (to ``deadline``) for it to end."""
         self._killing = True
         self._close()
-        me = getcurrent()  # kill() may come from inside a task: never interrupt the caller
+        me = getcurrent()  # kill() may come from user code of ours: never interrupt the caller
         supervisor = self._supervisor
         supervisor.close()
-        gevent.killall([g for g in (supervisor.greenlet, self._scaler and self._scaler.greenlet) if g])
+        for actor in (supervisor.greenlet, self._scaler and self._scaler.greenlet):
+            if actor is not None and actor is not me:
+                actor.kill(block=False)
         self._ctx.cancel()
-        for msg in self._mailbox.drain():
-            self._finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
         workers = list(supervisor.workers.values())
-        for worker in workers:
-            # Not the task that called kill(): its own outcome answers it. But kill() from a
-            # hook of that worker (check_health, on_destroy, the collector) answers it here,
-            # since the supervisor that would have is gone.
-            if worker.current is not None and (worker.greenlet is not me or not worker.in_task):
-                self._finish(worker.current, TaskKilledError("interrupted by kill()"), cancelled=True)
-        for greenlet in self._pool.running:
-            if greenlet is not me:
-                self._hub.loop.run_callback(self._throw_run_task, greenlet)
-        gevent.killall([w.greenlet for w in workers if w.greenlet is not me])
-        for worker in workers:
-            if worker.greenlet is not me:
-                worker.release()  # a worker killed before it first ran still holds its resource
         supervisor.workers.clear()
         supervisor.drained.set()
-        self._check_quiet()
-        self._quiet.wait()
+        # Take every message out of reach first; only then run user code (the collector).
+        dropped = self._mailbox.drain()
+        # Not the task that called kill(): its own outcome answers it. But kill() from a
+        # hook of that worker (check_health, on_destroy, the collector) answers it here,
+        # since the supervisor that would have is gone.
+        interrupted = [
+            w.current for w in workers if w.current is not None and (w.greenlet is not me or not w.in_task)
+        ]
+        ending = [w.greenlet for w in workers if w.greenlet is not me]
+        run_callback = self._hub.loop.run_callback
+        for worker in workers:
+            if worker.greenlet is not me and not worker.destroying:
+                worker.greenlet.kill(block=False)
+        for greenlet in self._pool.interruptible(me):
+            run_callback(self._throw_run_task, greenlet)
+        # A callback waiting in our own stop() is not interrupted: this kill() ends its wait.
+        spared = {me} | self._stoppers
+        for greenlet in self._callback_greenlets - spared:
+            run_callback(self._interrupt_callback, greenlet)
+        for msg in dropped:
+            self._finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
+        for msg in interrupted:
+            self._finish(msg, TaskKilledError("interrupted by kill()"), cancelled=True)
+        runs_mine = self._pool.running.count(me)
+        callbacks_spared = len(self._callback_greenlets & spared)
+        self._await(
+            ending,
+            lambda: self._pool.in_flight <= runs_mine and self._callbacks <= callbacks_spared,
+            deadline,
+            "the interrupted tasks, run_task calls and callbacks",
+        )
+        for worker in workers:
+            if worker.greenlet.dead:
+                worker.release()  # a worker killed before it first ran still holds its resource
 
     def _throw_run_task(self, greenlet: Any) -> None:
-        if greenlet in self._pool.running:
+        if greenlet in self._pool.running and greenlet not in self._pool.destroying:
             greenlet.throw(Interrupt(TaskKilledError("run_task interrupted by kill()")))
 
-    def _teardown(self) -> None:
-        if self._tearing_down:
-            self._finished.wait()
-        else:
-            self._tearing_down = True
-            self._supervisor.close()
-            actors = [self._supervisor.greenlet, self._scaler and self._scaler.greenlet, self._watcher]
-            gevent.killall([g for g in actors if g is not None and g is not getcurrent()])
-            for resource in self._pool.take_all():
-                self._destroy(resource)
-            self._finished.set()
-        if self._watcher is not None and self._watcher is not getcurrent():
-            self._watcher.join()
+    def _teardown(self, deadline: _Deadline) -> None:
+        """End the actors and destroy the pool's resources.
+
+        Any caller may run it, and again: a ``stop()`` whose greenlet was killed halfway
+        leaves the rest to a later ``kill()``. The resources are destroyed in a greenlet
+        of their own, so no interrupt of the caller cuts an ``on_destroy`` short.
+        """
+        self._tearing_down = True
+        me = getcurrent()
+        self._supervisor.close()
+        if self._scaler is not None:
+            self._scaler.closed = True
+        actors = [self._supervisor.greenlet, self._scaler and self._scaler.greenlet, self._watcher]
+        ending = [g for g in actors if g is not None and g is not me and not g.dead]
+        for greenlet in ending:
+            greenlet.kill(block=False)
+        if self._destroyer is None and self._pool.available:
+            self._destroyer = gevent.spawn(self._destroy_pool)
+        if self._destroyer is not None and self._destroyer is not me:
+            ending.append(self._destroyer)
+        self._await(ending, lambda: True, deadline, "the actors and the pool's on_destroy")
+        self._finished.set()
+
+    def _destroy_pool(self) -> None:
+        while (resource := self._pool.pop()) is not NO_RESOURCE:
+            self._destroy(resource)
+
+    def _await(self, greenlets: list[Any], done: Callable[[], bool], deadline: _Deadline, what: str) -> None:
+        """Wait until every greenlet has ended and ``done()``, or until the deadline."""
+        alive = [g for g in greenlets if not g.dead]
+        left = len(alive)
+        wake = Event()
+
+        def ended(greenlet: Any) -> None:
+            nonlocal left
+            left -= 1
+            wake.set()
+
+        for greenlet in alive:
+            greenlet.rawlink(ended)
+        self._wakers.append(wake)
+        try:
+            while left or not done():
+                if deadline.expired.is_set():
+                    self._log(
+                        "error", "tasker: gave up after kill_timeout=%s s waiting for %s to end (%d greenlets left)",
+                        self._config.kill_timeout, what, left,
+                    )
+                    return
+                wake.clear()
+                gevent.wait([wake, deadline.expired], count=1)
+        finally:
+            self._wakers.remove(wake)
+            for greenlet in alive:
+                greenlet.unlink(ended)
 
     # -- what the actors call -------------------------------------------------------
 
@@ -461,6 +591,9 @@ class TaskManager(SeedVariants[R, E]):
             raise exc
 
     def _redeliver(self, msg: TaskResult) -> None:
+        if self._killing:  # the queue was drained already: nothing would take it
+            self._finish(msg, TaskKilledError("dropped by kill() before its redelivery"), cancelled=True)
+            return
         if msg._ctx is not None and msg._ctx._cancelled:
             self._finish(msg, CancelledError("cancelled while it ran"), cancelled=True)
             return

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from greenlet import getcurrent
 
 from ._context import Context
-from ._errors import CancelledError, ManagerStoppedError, ResourceCreationError, TaskKilledError
+from ._errors import CancelledError, ResourceCreationError, TaskKilledError
 from ._message import Interrupt
 from ._types import TaskLifecycleTimestamps
 from ._worker import NO_RESOURCE
@@ -32,75 +32,74 @@ class ResourcePool:
     def __init__(self, manager: TaskManager[Any, Any], resources: list[Any]) -> None:
         self._manager = manager
         self._free = resources
-        self.running: list[Any] = []  # greenlets inside a run_task task, for kill()
-        self.in_flight = 0
+        self.running: list[Any] = []  # greenlets inside run_task (a list: calls may nest)
+        self.destroying: set[Any] = set()  # of those, the ones in on_destroy: never interrupted
 
     @property
     def available(self) -> int:
         return len(self._free)
 
-    def take_all(self) -> list[Any]:
-        """Empty the pool, for destruction at shutdown."""
-        free, self._free = self._free, []
-        return free
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    def pop(self) -> Any:
+        """One free resource, or NO_RESOURCE: for destruction at shutdown, one at a time."""
+        return self._free.pop() if self._free else NO_RESOURCE
+
+    def interruptible(self, me: Any) -> list[Any]:
+        """The greenlets kill() interrupts: in run_task, not ``me``, not in on_destroy."""
+        return [g for g in set(self.running) if g is not me and g not in self.destroying]
 
     def run(self, fn: Callable[[Context, Any], Any]) -> Any:
         manager = self._manager
-        if not manager._accepting:
-            raise ManagerStoppedError("the manager is stopped; run_task is not accepted")
+        manager._check_accepting()
         now = manager._now
         queued_at = now()
         started_at: float | None = None
-        manager._record_arrival()
-        self.in_flight += 1
+        finished_at = queued_at
+        me = getcurrent()
+        self.running.append(me)  # from here on stop() waits for the call, kill() interrupts it
         failed = cancelled = True  # what the collector hears unless the task ends by itself
-
-        def record() -> None:
-            finished = now()
-            stamps = TaskLifecycleTimestamps(queued_at, finished if started_at is None else started_at, finished)
-            manager._record(stamps, failed, cancelled)
-
+        resource = NO_RESOURCE
+        temporary = False
         try:
-            resource = self._free.pop() if self._free else NO_RESOURCE
-            temporary = resource is NO_RESOURCE
-            if temporary:
+            manager._record_arrival()
+            if self._free:
+                resource = self._free.pop()
+            else:
+                temporary = True
                 try:
                     resource = manager._config.on_create()
                 except Exception as exc:
                     cancelled = False
-                    record()
                     raise ResourceCreationError(f"on_create raised {exc!r} for run_task") from exc
+            if manager._killing:
+                raise TaskKilledError("the manager was killed before the task started")
+            ctx = Context(manager._ctx)
+            started_at = now()
             try:
-                if manager._killing:
-                    record()
-                    raise TaskKilledError("the manager was killed before the task started")
-                current = getcurrent()
-                self.running.append(current)
-                ctx = Context(manager._ctx)
-                started_at = now()
-                try:
-                    value = fn(ctx, resource)
-                except Interrupt as interrupt:  # kill(): cancelled
-                    record()
-                    raise interrupt.error from None
-                except Exception as exc:
-                    cancelled = isinstance(exc, CancelledError) and ctx.cancelled
-                    record()
-                    raise
-                except BaseException:  # the caller's own Timeout, or its greenlet killed: it gave up
-                    record()
-                    raise
-                finally:
-                    self.running.remove(current)
-                failed = cancelled = False
-                record()
-                return value
-            finally:
-                if temporary or manager._tearing_down:  # torn down under us: kill() from this task
-                    manager._destroy(resource)
+                value = fn(ctx, resource)
+            except Exception as exc:
+                cancelled = isinstance(exc, CancelledError) and ctx.cancelled
+                raise
+            failed = cancelled = False
+            return value
+        except Interrupt as interrupt:  # kill(): in on_create or in the task
+            raise interrupt.error from None
+        # Any other BaseException (the caller's own Timeout, its greenlet killed): it gave up.
+        finally:
+            finished_at = now()
+            if resource is not NO_RESOURCE:
+                if temporary or manager._tearing_down:  # torn down while it ran
+                    self.destroying.add(me)
+                    try:
+                        manager._destroy(resource)
+                    finally:
+                        self.destroying.discard(me)
                 else:
                     self._free.append(resource)
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                manager._check_quiet()
+            self.running.remove(me)
+            stamps = TaskLifecycleTimestamps(queued_at, finished_at if started_at is None else started_at, finished_at)
+            manager._record(stamps, failed, cancelled)
+            manager._progressed()

@@ -44,14 +44,19 @@ class Scaler:
         self._linger = linger
         self._arrived = 0
         self._done = 0
+        self.closed = False  # set at teardown: kill() may come from a logger this greenlet ran
         self.greenlet = gevent.Greenlet(self._run)
 
     def _run(self) -> None:
         manager = self._manager
         sleep = manager._clock.sleep
         interval = manager._config.burst_interval
-        while True:
-            sleep(interval)
+        while not self.closed:
+            try:
+                sleep(interval)
+            except BaseException as exc:  # a timer user code left behind (the logger's)
+                manager._survive(exc)
+                continue
             self.tick()
 
     def tick(self) -> None:

@@ -54,6 +54,7 @@ class Supervisor:
         self._streak = 0  # consecutive on_create failures
         self._next_start = 0.0  # no worker is started before this time
         self._timer: TimerHandle | None = None
+        self._closed = False
         self.greenlet = gevent.Greenlet(self._run)
 
     def start_worker(self, burst: bool, resource: Any = NO_RESOURCE) -> Worker:
@@ -91,8 +92,13 @@ class Supervisor:
 
     def _run(self) -> None:
         get = self._inbox.get
-        while True:
-            item = get()
+        while not self._closed:  # closed by kill() from a hook or the logger this greenlet ran
+            try:
+                item = get()
+            except BaseException as exc:  # a timer user code left behind (the logger's)
+                self._manager._survive(exc)
+                self._manager._log("error", "tasker: the supervisor was interrupted by %r; going on", exc)
+                continue
             if item is _RESTART:
                 self._timer = None
                 self._restart_missing()
@@ -203,7 +209,8 @@ class Supervisor:
             self._schedule_restart()
 
     def close(self) -> None:
-        """Cancel a pending restart; the manager kills the greenlet."""
+        """Cancel a pending restart and leave the loop; the manager kills the greenlet."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

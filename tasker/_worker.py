@@ -49,6 +49,7 @@ class Worker:
     __slots__ = (
         "burst",
         "current",
+        "destroying",
         "died_parked",
         "greenlet",
         "idle_since",
@@ -67,6 +68,7 @@ class Worker:
         self.idle_since = 0.0
         self.starting = False  # counted in Supervisor.starting until its resource exists
         self.died_parked = False  # an exception reached it while parked in the mailbox
+        self.destroying = False  # inside on_destroy: kill() waits for it, never interrupts it
         self.greenlet = gevent.Greenlet(self._main)
 
     @property
@@ -94,6 +96,7 @@ class Worker:
         for a worker that was killed before its greenlet ever ran)."""
         resource, self.resource = self.resource, NO_RESOURCE
         if resource is not NO_RESOURCE:
+            self.destroying = True
             self.manager._destroy(resource)
 
     def _loop(self) -> Exit:
