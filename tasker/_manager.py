@@ -435,8 +435,9 @@ class TaskManager(SeedVariants[R, E]):
         me = getcurrent()  # kill() may come from user code of ours: never interrupt the caller
         supervisor = self._supervisor
         supervisor.close()
-        for actor in (supervisor.greenlet, self._scaler and self._scaler.greenlet):
-            if actor is not None and actor is not me:
+        actors = [supervisor.greenlet] if self._scaler is None else [supervisor.greenlet, self._scaler.greenlet]
+        for actor in actors:
+            if actor is not me:
                 actor.kill(block=False)
         self._ctx.cancel()
         workers = list(supervisor.workers.values())
