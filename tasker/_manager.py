@@ -114,6 +114,7 @@ class TaskManager(SeedVariants[R, E]):
         self._excused_callbacks = 0  # callbacks that stop() was called from: it must not wait for itself
         self._stoppers: set[Any] = set()  # greenlets inside stop(): kill() ends their wait, never interrupts it
         self._destroyer: gevent.Greenlet | None = None  # destroys the pool's resources at teardown
+        self._resumer: gevent.Greenlet | None = None  # finishes a shutdown whose caller was killed
         self._mailbox = Mailbox(config.max_queue_size, self._clock)
         self._supervisor = Supervisor(self)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
@@ -344,7 +345,11 @@ class TaskManager(SeedVariants[R, E]):
             )
         self._stop_called = True
         self._excused_callbacks += int(me in self._callback_greenlets)
-        return self._graceful(timeout)
+        try:
+            return self._graceful(timeout)
+        except BaseException:
+            self._resume_later()
+            raise
 
     def kill(self) -> None:
         """Stop now: fail queued messages and interrupt running tasks with ``TaskKilledError``.
@@ -369,11 +374,33 @@ class TaskManager(SeedVariants[R, E]):
         try:
             self._kill_now(deadline)
             self._teardown(deadline)
+        except BaseException:
+            self._resume_later()
+            raise
+        finally:
+            deadline.cancel()
+
+    def _resume_later(self) -> None:
+        """The caller of stop()/kill() was killed or timed out halfway: finish in our own greenlet."""
+        if not self._finished.is_set() and self._resumer is None:
+            self._resumer = gevent.spawn(self._resume)
+
+    def _resume(self) -> None:
+        if not self._killing:
+            self._graceful(None)
+            return
+        deadline = self._deadline()
+        try:
+            self._teardown(deadline)
         finally:
             deadline.cancel()
 
     def _watch_parent(self, parent: Context) -> None:
-        parent.wait()
+        while not parent.cancelled:
+            try:
+                parent.wait()
+            except BaseException as exc:  # not ours to end it: only teardown ends the watcher
+                self._survive(exc)
         self._log("info", "tasker: parent context cancelled; stopping gracefully")
         if not self._finished.is_set():
             self._graceful(None)
@@ -456,6 +483,8 @@ class TaskManager(SeedVariants[R, E]):
         for worker in workers:
             if worker.greenlet is not me and not worker.destroying:
                 worker.greenlet.kill(block=False)
+                if worker.greenlet.dead:  # killed before it first ran: it still holds its resource
+                    worker.release()
         for greenlet in self._pool.interruptible(me):
             run_callback(self._throw_run_task, greenlet)
         # A callback waiting in our own stop() is not interrupted: this kill() ends its wait.
@@ -474,9 +503,6 @@ class TaskManager(SeedVariants[R, E]):
             deadline,
             "the interrupted tasks, run_task calls and callbacks",
         )
-        for worker in workers:
-            if worker.greenlet.dead:
-                worker.release()  # a worker killed before it first ran still holds its resource
 
     def _throw_run_task(self, greenlet: Any) -> None:
         if greenlet in self._pool.running and greenlet not in self._pool.destroying:
@@ -642,7 +668,8 @@ class TaskManager(SeedVariants[R, E]):
         if on_destroy is not None:
             try:
                 on_destroy(resource)
-            except (Exception, gevent.Timeout) as exc:  # a close bounded by its own Timeout
+            except BaseException as exc:  # a close bounded by its own Timeout, or worse
+                self._survive(exc)
                 self._log("error", "tasker: on_destroy raised %r", exc)
 
     def _log(self, level: str, msg: str, *args: Any) -> None:

@@ -90,16 +90,16 @@ class ResourcePool:
         # Any other BaseException (the caller's own Timeout, its greenlet killed): it gave up.
         finally:
             finished_at = now()
-            if resource is not NO_RESOURCE:
-                if temporary or manager._tearing_down:  # torn down while it ran
-                    self.destroying.add(me)
-                    try:
+            try:
+                if resource is not NO_RESOURCE:
+                    if temporary or manager._tearing_down:  # torn down while it ran
+                        self.destroying.add(me)
                         manager._destroy(resource)
-                    finally:
-                        self.destroying.discard(me)
-                else:
-                    self._free.append(resource)
-            self.running.remove(me)
-            stamps = TaskLifecycleTimestamps(queued_at, finished_at if started_at is None else started_at, finished_at)
-            manager._record(stamps, failed, cancelled)
-            manager._progressed()
+                    else:
+                        self._free.append(resource)
+            finally:
+                self.destroying.discard(me)
+                self.running.remove(me)
+                started = finished_at if started_at is None else started_at
+                manager._record(TaskLifecycleTimestamps(queued_at, started, finished_at), failed, cancelled)
+                manager._progressed()

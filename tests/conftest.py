@@ -16,7 +16,7 @@ WATCHDOG_SECONDS = 20
 
 def manager_greenlets(manager: TaskManager[Any, Any]) -> list[gevent.Greenlet]:
     """Every greenlet the manager started that is still alive."""
-    candidates = [manager._supervisor.greenlet, manager._watcher]
+    candidates = [manager._supervisor.greenlet, manager._watcher, manager._destroyer, manager._resumer]
     if manager._scaler is not None:
         candidates.append(manager._scaler.greenlet)
     candidates += [w.greenlet for w in manager._supervisor.workers.values()]
