@@ -31,6 +31,7 @@ from ._metrics import Collector
 from ._pool import ResourcePool
 from ._scaler import Scaler
 from ._supervisor import Supervisor
+from ._threads import ThreadTaskResult, call_in_hub, get_ident
 from ._types import MetricsCollector, TaskLifecycleTimestamps, TaskMetrics, TaskStats
 from ._variants import Callback, SeedVariants, Task
 from ._worker import NO_RESOURCE, Worker
@@ -99,6 +100,7 @@ class TaskManager(SeedVariants[R, E]):
         self._parent = config.ctx
         self._ctx = config.ctx.child() if config.ctx is not None else Context()
         self._hub = gevent.get_hub()
+        self._thread = get_ident()  # calls from other threads are handed to this one
         self._accepting = True
         self._killing = False
         self._stop_called = False
@@ -169,6 +171,8 @@ class TaskManager(SeedVariants[R, E]):
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
             QueueFullError: no room in a bounded lane.
         """
+        if get_ident() != self._thread:
+            return self._submit_from_thread(task, priority, once, timeout, block)
         fn = task if callable(task) else _task_fn(task)
         if priority.__class__ is not bool or once.__class__ is not bool or block.__class__ is not bool:
             _check_flags(priority=priority, once=once, block=block)
@@ -188,6 +192,13 @@ class TaskManager(SeedVariants[R, E]):
         self._record_arrival()
         return msg
 
+    def _submit_from_thread(
+        self, task: Task[R, E], priority: bool, once: bool, timeout: float | None, block: bool
+    ) -> TaskResult:
+        reply = call_in_hub(self._hub, self.submit, task, priority=priority, once=once, timeout=timeout, block=block)
+        reply.__class__ = ThreadTaskResult  # same layout; its waits keep this thread's loop alive
+        return reply  # type: ignore[no-any-return]
+
     def _check_accepting(self) -> None:
         if not self._accepting:
             raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
@@ -195,6 +206,8 @@ class TaskManager(SeedVariants[R, E]):
             raise ManagerStoppedError("the manager's parent context is cancelled; no new tasks are accepted")
 
     def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None:
+        if get_ident() != self._thread:  # the callback then runs in the manager's thread
+            return call_in_hub(self._hub, self._submit_with_callback, task, callback, priority, once)  # type: ignore[no-any-return]
         if not callable(callback):
             raise TypeError(f"callback must be callable as callback(result, error), got {callback!r}")
         self._callbacks += 1  # owed from here: a collector that yields in submit can't race stop()
@@ -239,6 +252,8 @@ class TaskManager(SeedVariants[R, E]):
             ResourceCreationError: the temporary resource could not be created.
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
         """
+        if get_ident() != self._thread:  # the task runs in the manager's thread
+            return call_in_hub(self._hub, self.run_task, task)  # type: ignore[no-any-return]
         return self._pool.run(_task_fn(task))  # type: ignore[no-any-return]
 
     def map(
@@ -256,6 +271,7 @@ class TaskManager(SeedVariants[R, E]):
         ahead. An item's exception is raised at its place (the items still in flight
         are then cancelled), or yielded there with ``return_exceptions=True``.
         """
+        self._refuse_other_thread("map")
         return map_ordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)
 
     def imap_unordered(
@@ -268,7 +284,15 @@ class TaskManager(SeedVariants[R, E]):
         return_exceptions: bool = False,
     ) -> Iterator[E | BaseException]:
         """As :meth:`map`, yielding each result as soon as it is ready."""
+        self._refuse_other_thread("imap_unordered")
         return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)
+
+    def _refuse_other_thread(self, name: str) -> None:
+        if get_ident() != self._thread:  # its iterator waits on gevent queues of the manager's thread
+            raise RuntimeError(
+                f"{name}() must be called in the thread that made the manager; from another "
+                "thread, submit() each item and wait on its reply"
+            )
 
     def _read_ahead(self, max_in_flight: int | None) -> int:
         if max_in_flight is None:
@@ -333,6 +357,8 @@ class TaskManager(SeedVariants[R, E]):
             RuntimeError: called from inside the manager (a task, a hook, ``run_task``,
                 or the logger or collector inside an actor): it would wait for itself.
         """
+        if get_ident() != self._thread:
+            return call_in_hub(self._hub, self.stop, timeout)  # type: ignore[no-any-return]
         if self._stop_called or self._kill_called:
             raise ManagerStoppedError("stop() or kill() was already called")
         _check_timeout(timeout)
@@ -367,6 +393,9 @@ class TaskManager(SeedVariants[R, E]):
             ManagerStoppedError: ``kill()`` was already called, or the manager has
                 already finished stopping.
         """
+        if get_ident() != self._thread:
+            call_in_hub(self._hub, self.kill)
+            return
         if self._kill_called or self._finished.is_set():
             raise ManagerStoppedError("kill() was already called, or the manager has stopped")
         self._kill_called = True
@@ -632,6 +661,8 @@ class TaskManager(SeedVariants[R, E]):
         self._mailbox.put(msg, front=True)
 
     def _cancel(self, msg: TaskResult) -> bool:
+        if get_ident() != self._thread:
+            return call_in_hub(self._hub, self._cancel, msg)  # type: ignore[no-any-return]
         if msg.ready():
             return False
         if self._mailbox.remove(msg) or msg._ctx is None:

@@ -1,0 +1,80 @@
+"""Calls from other OS threads: handed to the manager's own thread, answered across threads.
+
+A manager lives in the thread that made it: its actors are greenlets of that thread's
+hub, and gevent objects are not shared between hubs. A call from another thread — a
+``gevent.threadpool`` worker, or a plain ``threading.Thread`` in an unpatched process —
+is run in a new greenlet of the manager's hub (``loop.run_callback_threadsafe``), and
+the calling thread waits for its outcome on an ``AsyncResult``, which gevent lets a
+thread wait on while another sets it. The manager's thread must be running its event
+loop (blocked in any gevent wait) for the hand-off to be served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.monkey import get_original
+
+from ._message import TaskResult
+
+__all__ = ["ThreadTaskResult", "call_in_hub", "get_ident"]
+
+get_ident: Callable[[], int] = get_original("_thread", "get_ident")  # the OS thread, even when patched
+
+
+@contextmanager
+def _loop_kept_alive() -> Iterator[None]:
+    """Keep this thread's event loop running while it waits on another thread.
+
+    gevent wakes a waiter in another hub through that hub's loop; a loop with nothing
+    active would instead end the wait at once with ``LoopExit``. An idle async watcher
+    keeps it running.
+    """
+    watcher = gevent.get_hub().loop.async_()
+    watcher.start(_nothing)
+    try:
+        yield
+    finally:
+        watcher.close()
+
+
+def _nothing() -> None:
+    pass
+
+
+def call_in_hub(hub: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in a greenlet of ``hub``'s thread; return or raise its outcome here."""
+    outcome = AsyncResult()
+
+    def run() -> None:
+        try:
+            outcome.set(fn(*args, **kwargs))
+        except BaseException as exc:
+            outcome.set_exception(exc)
+
+    with _loop_kept_alive():
+        hub.loop.run_callback_threadsafe(gevent.spawn, run)
+        return outcome.get()
+
+
+class ThreadTaskResult(TaskResult):
+    """The reply to a submission made from another thread: waiting on it works from any thread."""
+
+    __slots__ = ()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        with _loop_kept_alive():
+            return TaskResult.wait(self, timeout)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if not block:
+            return TaskResult.get(self, block, timeout)
+        with _loop_kept_alive():
+            return TaskResult.get(self, block, timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self.get(timeout=timeout)

@@ -1,0 +1,113 @@
+"""Calls from other OS threads (issue #10, family 8): handed to the manager's thread, every time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+from conftest import manager_greenlets
+from gevent.event import Event
+from helpers import Resources
+
+import tasker
+from tasker import TaskManager
+
+Manager = TaskManager[int, Any]
+CALLS = 200
+
+
+def in_thread(kind: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in another OS thread while this one keeps the gevent loop running; its outcome."""
+    hub = gevent.get_hub()
+    done = Event()
+    box: list[Any] = []
+
+    def body() -> None:
+        try:
+            box.append(("value", fn()))
+        except BaseException as exc:
+            box.append(("error", exc))
+        finally:
+            hub.loop.run_callback_threadsafe(done.set)
+
+    if kind == "threading":
+        threading.Thread(target=body, daemon=True).start()
+    else:
+        hub.threadpool.spawn(body)
+    assert done.wait(15), "the thread never finished"
+    (outcome,) = box
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
+
+
+def whose_thread(ctx: tasker.Context, resource: int) -> int:
+    return threading.get_ident()
+
+
+@pytest.fixture(params=["threading", "threadpool"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class TestFromAnotherThread:
+    """Every submission from another thread is answered, and its task runs in the manager's thread."""
+
+    def test_blocking_variants(self, kind: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=4))
+        here = threading.get_ident()
+        seen = in_thread(kind, lambda: [manager.queue_task(whose_thread) for _ in range(CALLS)])
+        assert seen == [here] * CALLS  # not one LoopExit: every call answered
+        assert in_thread(kind, lambda: manager.queue_task_with_priority_once(lambda ctx, r: "p")) == "p"
+        assert manager.stop() is True
+        res.assert_all_destroyed_once()
+
+    def test_async_callback_and_run_task(self, kind: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=2))
+        called = Event()
+        results: list[Any] = []
+
+        def callback(result: Any, error: BaseException | None) -> None:
+            results.append((result, threading.get_ident()))
+            called.set()
+
+        def calls() -> tuple[Any, ...]:
+            reply = manager.queue_task_async(lambda ctx, r: "async")
+            manager.queue_task_with_callback(lambda ctx, r: "cb", callback)
+            return reply.get(), manager.run_task(lambda ctx, r: "ran"), reply.cancel()
+
+        assert in_thread(kind, calls) == ("async", "ran", False)
+        assert called.wait(5)
+        assert results == [("cb", threading.get_ident())]  # the callback ran in the manager's thread
+        assert manager.stop() is True
+        res.assert_all_destroyed_once()
+
+    def test_errors_raise_in_the_calling_thread(self, kind: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1))
+        with pytest.raises(TypeError, match="priority must be a bool"):
+            in_thread(kind, lambda: manager.submit(whose_thread, priority="yes"))  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="boom"):
+            in_thread(kind, lambda: manager.queue_task(lambda ctx, r: (_ for _ in ()).throw(ValueError("boom"))))
+        with pytest.raises(RuntimeError, match="thread that made the manager"):
+            in_thread(kind, lambda: manager.map(lambda ctx, r, i: i, [1]))
+        manager.stop()
+        with pytest.raises(tasker.ManagerStoppedError):
+            in_thread(kind, lambda: manager.submit(whose_thread))
+        res.assert_all_destroyed_once()
+
+    def test_stop_and_kill(self, kind: str) -> None:
+        for shutdown in ("stop", "kill"):
+            res = Resources()
+            manager: Manager = TaskManager(res.config(worker_count=2))
+            replies = [manager.submit(lambda ctx, r, i=i: i) for i in range(10)]
+            in_thread(kind, getattr(manager, shutdown))
+            assert all(r.ready() for r in replies)
+            assert manager._finished.is_set()
+            res.assert_all_destroyed_once()
+            assert manager_greenlets(manager) == []
