@@ -117,6 +117,7 @@ class TaskManager(SeedVariants[R, E]):
         self._stoppers: set[Any] = set()  # greenlets inside stop(): kill() ends their wait, never interrupts it
         self._destroyer: gevent.Greenlet | None = None  # destroys the pool's resources at teardown
         self._resumer: gevent.Greenlet | None = None  # finishes a shutdown whose caller was killed
+        self._ending: set[Any] = set()  # greenlets shutdown has killed: their GreenletExit is ours
         self._mailbox = Mailbox(config.max_queue_size, self._clock)
         self._supervisor = Supervisor(self)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
@@ -494,7 +495,7 @@ class TaskManager(SeedVariants[R, E]):
         actors = [supervisor.greenlet] if self._scaler is None else [supervisor.greenlet, self._scaler.greenlet]
         for actor in actors:
             if actor is not me:
-                actor.kill(block=False)
+                self._end(actor)
         self._ctx.cancel()
         workers = list(supervisor.workers.values())
         supervisor.workers.clear()
@@ -511,7 +512,7 @@ class TaskManager(SeedVariants[R, E]):
         run_callback = self._hub.loop.run_callback
         for worker in workers:
             if worker.greenlet is not me and not worker.destroying:
-                worker.greenlet.kill(block=False)
+                self._end(worker.greenlet)
                 if worker.greenlet.dead:  # killed before it first ran: it still holds its resource
                     worker.release()
         for greenlet in self._pool.interruptible(me):
@@ -552,7 +553,7 @@ class TaskManager(SeedVariants[R, E]):
         actors = [self._supervisor.greenlet, self._scaler and self._scaler.greenlet, self._watcher]
         ending = [g for g in actors if g is not None and g is not me and not g.dead]
         for greenlet in ending:
-            greenlet.kill(block=False)
+            self._end(greenlet)
         if self._destroyer is None and self._pool.available:
             self._destroyer = gevent.spawn(self._destroy_pool)
         if self._destroyer is not None and self._destroyer is not me:
@@ -638,13 +639,18 @@ class TaskManager(SeedVariants[R, E]):
 
         The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
         custom BaseException from them must not end one. ``KeyboardInterrupt`` and
-        ``SystemExit`` keep gevent's meaning, and ``GreenletExit`` while kill() ends the
-        greenlet is kill()'s own.
+        ``SystemExit`` keep gevent's meaning, and a ``GreenletExit`` in a greenlet that
+        shutdown is ending is shutdown's own.
         """
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
-        if isinstance(exc, gevent.GreenletExit) and (self._killing or self._tearing_down):
+        if isinstance(exc, gevent.GreenletExit) and getcurrent() in self._ending:
             raise exc
+
+    def _end(self, greenlet: Any) -> None:
+        """Kill one of our greenlets (a worker, an actor) as part of shutdown."""
+        self._ending.add(greenlet)
+        greenlet.kill(block=False)
 
     def _redeliver(self, msg: TaskResult) -> None:
         if self._killing:  # the queue was drained already: nothing would take it
@@ -654,11 +660,12 @@ class TaskManager(SeedVariants[R, E]):
             self._finish(msg, CancelledError("cancelled while it ran"), cancelled=True)
             return
         msg._ctx = None
+        self._mailbox.put(msg, front=True)  # before the collector runs: nothing it raises can lose it
         try:
             self._collector.record_retry()
-        except Exception as error:
+        except BaseException as error:
+            self._survive(error)
             self._log("error", "tasker: collector.record_retry raised %r", error)
-        self._mailbox.put(msg, front=True)
 
     def _cancel(self, msg: TaskResult) -> bool:
         if get_ident() != self._thread:
@@ -690,7 +697,8 @@ class TaskManager(SeedVariants[R, E]):
             return True
         try:
             return bool(check(exc))
-        except Exception as error:
+        except BaseException as error:
+            self._survive(error)
             self._log("error", "tasker: check_health raised %r; treating the worker as unhealthy", error)
             return False
 

@@ -105,7 +105,8 @@ class Supervisor:
             elif item is not None:
                 try:
                     self._reap(item)
-                except Exception as exc:  # a bug here must not strand every caller
+                except BaseException as exc:  # a bug here must not strand every caller
+                    self._manager._survive(exc)
                     self._manager._log("error", "tasker: supervisor failed to reap a worker: %r", exc)
             self._check_drained()
 

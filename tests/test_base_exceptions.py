@@ -371,7 +371,9 @@ class TestCheckHealthAndCallbacks:
         manager: Manager = TaskManager(config)
         failed = manager.submit(raising(ValueError("task")))
         failed.wait()
-        assert isinstance(failed.exception, TaskKilledError)  # "worker crashed": still a reply
+        # Like an Exception from check_health: the worker is treated as unhealthy and retried.
+        assert isinstance(failed.exception, tasker.RetriesExhaustedError)
+        assert isinstance(failed.exception.cause, ValueError)
         assert manager.queue_task(returning("next")) == "next"
         settle()
         assert manager.stats().base_workers == 1

@@ -140,19 +140,38 @@ class Factory:
         return set(self.created) - set(self.destroyed)
 
 
-class FlakyCollector:
+class Custom(BaseException):
+    """A BaseException that is neither Exception nor one of gevent's."""
+
+
+HOOK_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, gevent.Timeout, gevent.GreenletExit, Custom)
+
+
+class Hostile:
+    """What a logger or collector does on its next call: raise any kind, or shut the manager down."""
+
+    def __init__(self) -> None:
+        self.raising = False
+        self.error: type[BaseException] = RuntimeError
+        self.raised = 0
+        self.shutdown: Callable[[], None] | None = None  # armed: called once, from inside the hook
+
+    def _maybe_raise(self) -> None:
+        shutdown, self.shutdown = self.shutdown, None
+        if shutdown is not None:
+            shutdown()
+        if self.raising:
+            self.raised += 1
+            raise self.error() if self.error is gevent.Timeout else self.error("injected hook failure")
+
+
+class FlakyCollector(Hostile):
     """A MetricsCollector that counts every record (then forwards it) and may raise after counting."""
 
     def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
         self.inner = tasker.Collector(clock=clock)
-        self.raising = False
-        self.raised = 0
         self.arrivals = self.completed = self.failed = self.retried = self.cancelled = 0
-
-    def _maybe_raise(self) -> None:
-        if self.raising:
-            self.raised += 1
-            raise RuntimeError("injected collector failure")
 
     def record_arrival(self) -> None:
         self.arrivals += 1
@@ -183,20 +202,17 @@ class FlakyCollector:
         return self.inner.metrics()
 
 
-class FlakyLogger:
+class FlakyLogger(Hostile):
     """A Logger that formats every record and may raise."""
 
     def __init__(self) -> None:
-        self.raising = False
+        super().__init__()
         self.records = 0
-        self.raised = 0
 
     def _log(self, msg: str, *args: Any) -> None:
         self.records += 1
         msg % args
-        if self.raising:
-            self.raised += 1
-            raise RuntimeError("injected logger failure")
+        self._maybe_raise()
 
     debug = info = warning = error = _log
 
@@ -297,6 +313,7 @@ class Tally:
         self.faults: dict[str, int] = dict.fromkeys(
             ("on_create", "on_destroy", "logger", "collector", "callback", "start-up", "unhealthy", "healthy"), 0
         )
+        self.faults.update(dict.fromkeys(("parked worker kill", "parked worker timeout"), 0))
         self.endings: dict[str, int] = {}
         self.lost = 0
         self.leaked = 0
@@ -515,8 +532,9 @@ class ManagerMachine(RuleBasedStateMachine):
     def advance(self, dt: float) -> None:
         self.clock.advance(dt)
 
-    @rule(fault=st.sampled_from(FAULTS), on=st.booleans())
-    def toggle_fault(self, fault: str, on: bool) -> None:
+    @rule(fault=st.sampled_from(FAULTS), on=st.booleans(), error=st.sampled_from(HOOK_ERRORS))
+    def toggle_fault(self, fault: str, on: bool, error: type[BaseException]) -> None:
+        self.logger.error = self.collector.error = error  # what the logger/collector raise: any kind
         if fault == "create":
             self.factory.failing = on
         elif fault == "slow create":
@@ -582,6 +600,35 @@ class ManagerMachine(RuleBasedStateMachine):
                 assert len(record.calls) == 1, "kill() returned before a callback ran"
         assert self.factory.live == set(), f"kill() returned with live resources {self.factory.live}"
         assert manager_greenlets(self.m) == []
+
+    @precondition(
+        lambda self: not self.kill_called and not self.m._finished.is_set() and self.steps_taken >= LIFECYCLE_AFTER
+    )
+    @rule(hook=st.sampled_from(["logger", "collector"]))
+    def shut_down_from_a_hook(self, hook: str) -> None:
+        """The next logger/collector call tries stop() (refused inside an actor) and then kill()."""
+
+        def shutdown() -> None:
+            me = gevent.getcurrent()
+            if me in self.m._supervisor.workers or me is self.m._supervisor.greenlet:
+                with pytest.raises(RuntimeError):
+                    self.m.stop()
+            self.kill_called = True
+            self.tally.endings["kill from a hook"] = self.tally.endings.get("kill from a hook", 0) + 1
+            self.m.kill()
+
+        (self.logger if hook == "logger" else self.collector).shutdown = shutdown
+
+    @precondition(lambda self: self.m._mailbox.idle or self.m._mailbox.idle_burst)
+    @rule(how=st.sampled_from(["kill", "timeout"]), i=st.integers(0, 100))
+    def hit_a_parked_worker(self, how: str, i: int) -> None:
+        """A timer some task left behind kills or times out a worker while it is parked."""
+        parked = self.m._mailbox.idle + self.m._mailbox.idle_burst
+        worker = parked[i % len(parked)]
+        exc: BaseException = gevent.GreenletExit() if how == "kill" else gevent.Timeout()
+        gevent.get_hub().loop.run_callback(worker.greenlet.throw, exc)
+        self.tally.faults[f"parked worker {how}"] += 1
+        self._settle()
 
     @precondition(lambda self: self.stopper is not None or self.kill_called)
     @rule()
