@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 from gevent.event import Event
 
 import tasker
+from tasker import TaskManager
+
+# A manager of the tests' int resources; calling it (``Manager(config)``) types what mypy cannot infer.
+Manager = TaskManager[int, Any]
 
 
 class Unhealthy(Exception):
@@ -31,7 +36,7 @@ class Resources:
     created: list[int] = attrs.field(factory=list)
     destroyed: list[int] = attrs.field(factory=list)
     calls: int = 0
-    _ids: Any = attrs.field(factory=lambda: itertools.count(1))
+    _ids: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def create(self) -> int:
         self.calls += 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 import pytest
-from helpers import Resources
+from helpers import Manager, Resources
 
 import tasker
 from tasker.testing import FakeClock
@@ -232,7 +232,7 @@ class TestAccepted:
 
     def test_fields_are_keyword_only(self) -> None:
         with pytest.raises(TypeError):
-            tasker.Config(object, 1)  # type: ignore[call-arg,misc]
+            tasker.Config(object, 1)  # type: ignore[call-arg]
 
 
 class TestFrozen:
@@ -272,7 +272,7 @@ class TestDefaults:
 
     def test_pool_defaults_to_worker_count(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(resources.config(worker_count=3, max_worker_count=3)) as manager:
+        with Manager(resources.config(worker_count=3, max_worker_count=3)) as manager:
             stats = manager.stats()
             assert stats.available_resources == 3
             assert stats.base_workers == 3
@@ -282,7 +282,7 @@ class TestDefaults:
     def test_collector_defaults_to_a_new_collector(self) -> None:
         resources = Resources()
         config = resources.config(worker_count=1, max_worker_count=1)
-        with tasker.TaskManager(config) as first, tasker.TaskManager(config) as second:
+        with Manager(config) as first, Manager(config) as second:
             assert first.queue_task(lambda ctx, r: r) is not None
             assert first.metrics().total_tasks_completed == 1
             assert second.metrics().total_tasks_completed == 0

@@ -8,7 +8,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy
 
 import tasker
 
@@ -53,7 +53,7 @@ class TestPooled:
 
     def test_uses_a_pooled_resource_and_returns_it(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=2)) as manager:
+        with Manager(config(resources, pool=2)) as manager:
             assert manager.stats().available_resources == 2
             gate = ResourceGate()
             runner = gevent.spawn(manager.run_task, gate)
@@ -70,7 +70,7 @@ class TestPooled:
 
     def test_two_calls_hold_two_pooled_resources(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=2)) as manager:
+        with Manager(config(resources, pool=2)) as manager:
             gates = [ResourceGate(), ResourceGate()]
             runners = [gevent.spawn(manager.run_task, g) for g in gates]
             for gate in gates:
@@ -84,7 +84,7 @@ class TestPooled:
 
     def test_runs_in_the_calling_greenlet_bypassing_queues(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             gate = Gate()
             manager.submit(gate)  # the only worker is busy
             assert gate.started.wait(5)
@@ -99,13 +99,13 @@ class TestPooled:
             def execute(self, ctx: tasker.Context, resource: int) -> tuple[str, int]:
                 return ("job", resource)
 
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             assert manager.run_task(Job()) == ("job", pool_ids(resources, 1)[0])
 
     def test_context_is_live_and_derived_from_config_ctx(self) -> None:
         resources = Resources()
         parent = tasker.Context()
-        manager = tasker.TaskManager(config(resources, pool=1, ctx=parent))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1, ctx=parent))
         gate = ResourceGate()
         runner = gevent.spawn(manager.run_task, gate)
         assert gate.started.wait(5)
@@ -127,14 +127,19 @@ class TestTemporary:
 
     def test_temporary_when_pool_is_empty(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             gate = ResourceGate()
             runner = gevent.spawn(manager.run_task, gate)
             assert gate.started.wait(5)
             assert manager.stats().available_resources == 0
             before = list(resources.created)
             seen: list[int] = []
-            assert manager.run_task(lambda ctx, r: seen.append(r) or "temp") == "temp"
+
+            def record(ctx: tasker.Context, resource: int) -> str:
+                seen.append(resource)
+                return "temp"
+
+            assert manager.run_task(record) == "temp"
             (temp,) = set(resources.created) - set(before)
             assert seen == [temp]
             assert resources.destroyed == [temp]
@@ -145,7 +150,7 @@ class TestTemporary:
 
     def test_pool_size_zero_always_temporary(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=0)) as manager:
+        with Manager(config(resources, pool=0)) as manager:
             assert manager.stats().available_resources == 0
             seen = [manager.run_task(lambda ctx, r: r) for _ in range(3)]
             assert len(set(seen)) == 3
@@ -159,7 +164,7 @@ class TestTemporary:
         def boom(ctx: tasker.Context, resource: int) -> None:
             raise Healthy(resource)
 
-        with tasker.TaskManager(config(resources, pool=0)) as manager:
+        with Manager(config(resources, pool=0)) as manager:
             with pytest.raises(Healthy) as info:
                 manager.run_task(boom)
             assert resources.destroyed == [info.value.args[0]]
@@ -168,7 +173,7 @@ class TestTemporary:
         # call 1: the worker's resource; call 2: the temporary for run_task
         resources = Resources(fail_on={2})
         ran: list[int] = []
-        with tasker.TaskManager(config(resources, pool=0)) as manager:
+        with Manager(config(resources, pool=0)) as manager:
             with pytest.raises(tasker.ResourceCreationError) as info:
                 manager.run_task(lambda ctx, r: ran.append(r))
             assert isinstance(info.value.__cause__, ConnectionError)
@@ -190,7 +195,7 @@ class TestNoRetry:
             calls.append(resource)
             raise error
 
-        with tasker.TaskManager(config(resources, pool=1, max_retries=3)) as manager:
+        with Manager(config(resources, pool=1, max_retries=3)) as manager:
             created = len(resources.created)
             with pytest.raises(Unhealthy) as info:
                 manager.run_task(bad)
@@ -203,7 +208,7 @@ class TestNoRetry:
 
     def test_healthy_error_and_value(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             with pytest.raises(Healthy):
                 manager.run_task(lambda ctx, r: (_ for _ in ()).throw(Healthy()))
             assert manager.run_task(lambda ctx, r: 41 + 1) == 42
@@ -214,7 +219,7 @@ class TestStop:
 
     def test_stop_waits_for_in_flight_run_task(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         gate = ResourceGate()
         runner = gevent.spawn(manager.run_task, gate)
         assert gate.started.wait(5)
@@ -234,7 +239,7 @@ class TestStop:
 
     def test_stop_waits_for_a_temporary_resource(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=0))
+        manager: Manager = tasker.TaskManager(config(resources, pool=0))
         gate = ResourceGate()
         runner = gevent.spawn(manager.run_task, gate)
         assert gate.started.wait(5)
@@ -250,7 +255,7 @@ class TestStop:
     @pytest.mark.parametrize("end", ["stop", "kill"])
     def test_run_task_after_end_raises(self, end: str) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         manager.run_task(lambda ctx, r: None)
         gevent.idle()  # let the worker start (see test_kill_right_after_construction)
         getattr(manager, end)()
@@ -269,7 +274,7 @@ class TestKill:
     @pytest.mark.parametrize("pool", [1, 0])
     def test_kill_interrupts_run_task(self, pool: int) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=pool))
+        manager: Manager = tasker.TaskManager(config(resources, pool=pool))
         gate = ResourceGate()
         runner = gevent.spawn(catching, manager.run_task, gate)
         assert gate.started.wait(5)
@@ -281,7 +286,7 @@ class TestKill:
 
     def test_kill_escalates_a_stop_waiting_for_run_task(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         gate = ResourceGate()
         runner = gevent.spawn(catching, manager.run_task, gate)
         assert gate.started.wait(5)
@@ -304,7 +309,7 @@ class TestKill:
                 proceed.wait()
             return resources.create()
 
-        manager = tasker.TaskManager(
+        manager: Manager = tasker.TaskManager(
             tasker.Config(
                 on_create=slow_create,
                 on_destroy=resources.destroy,
@@ -332,13 +337,13 @@ class TestResources:
     @pytest.mark.parametrize("pool", [0, 1])
     def test_kill_right_after_construction(self, pool: int) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=pool, worker_count=2))
+        manager: Manager = tasker.TaskManager(config(resources, pool=pool, worker_count=2))
         manager.kill()
         resources.assert_all_destroyed_once()
 
     def test_kill_from_inside_run_task(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         gevent.idle()
 
         def abort(ctx: tasker.Context, resource: int) -> str:
@@ -356,7 +361,7 @@ class TestResources:
 
     def test_mixed_use_destroys_each_once(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=2, worker_count=2))
+        manager: Manager = tasker.TaskManager(config(resources, pool=2, worker_count=2))
         gates = [ResourceGate() for _ in range(3)]
         runners = [gevent.spawn(manager.run_task, g) for g in gates]  # 2 pooled + 1 temporary
         for gate in gates:

@@ -14,7 +14,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import TaskManager, TaskMetrics
@@ -66,7 +66,7 @@ def start(resources: Resources, clock: FakeClock, **kwargs: Any) -> TaskManager[
     kwargs.setdefault("burst_interval", INTERVAL)
     kwargs.setdefault("resource_pool_size", 0)
     kwargs.setdefault("logger", RecordingLogger())
-    manager = TaskManager(resources.config(clock=clock, **kwargs))
+    manager: Manager = TaskManager(resources.config(clock=clock, **kwargs))
     gevent.idle()  # base workers park, the scaler sleeps until t = 0.1
     return manager
 
@@ -374,7 +374,7 @@ class TestCeiling:
             clock=clock,
             logger=RecordingLogger(),
         )
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         gevent.idle()
         load = Load(manager)
         load.add(1)  # one base worker stays busy
@@ -505,7 +505,7 @@ class TestCooldown:
         config = resources.config(
             worker_count=2, max_worker_count=12, clock=clock, burst_interval=INTERVAL, resource_pool_size=0
         )
-        manager = TaskManager(attrs.evolve(config, on_create=slow_create))
+        manager: Manager = TaskManager(attrs.evolve(config, on_create=slow_create))
         gevent.idle()
         load = Load(manager)
         load.add(2 + 4)  # two run, four wait: the first step starts four workers (step 5)

@@ -9,7 +9,7 @@ import gevent
 import pytest
 from gevent.event import Event
 from greenlet import getcurrent
-from helpers import Gate, Healthy, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import TaskManager
@@ -32,7 +32,7 @@ class TestOneResourceForLife:
 
     def test_every_task_sees_the_same_resource(self) -> None:
         resources = Resources()
-        with TaskManager(one_worker(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             seen = [manager.queue_task(the_resource) for _ in range(20)]
             assert resources.destroyed == []
         assert seen == [1] * 20
@@ -47,7 +47,7 @@ class TestOneResourceForLife:
             gevent.sleep(0)  # let the other workers take messages too
             seen.append((getcurrent(), resource))
 
-        with TaskManager(one_worker(resources, worker_count=3)) as manager:
+        with Manager(one_worker(resources, worker_count=3)) as manager:
             replies = [manager.submit(record) for _ in range(60)]
             gevent.joinall(replies, raise_error=True)
             workers = {w.greenlet: w.resource for w in manager._supervisor.workers.values()}
@@ -66,7 +66,7 @@ class TestOneTaskAtATime:
         resources = Resources()
         gate = Gate()
         second_ran = Event()
-        with TaskManager(one_worker(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             first = manager.submit(gate)
             second = manager.submit(lambda ctx, r: second_ran.set())
             gate.started.wait()
@@ -96,7 +96,7 @@ class TestOneTaskAtATime:
                 gevent.sleep(0)
             in_use.discard(resource)
 
-        with TaskManager(one_worker(resources, worker_count=3)) as manager:
+        with Manager(one_worker(resources, worker_count=3)) as manager:
             gevent.joinall([manager.submit(use) for _ in range(50)], raise_error=True)
         assert overlaps == []
         assert peak == 3  # the three workers did run side by side
@@ -112,7 +112,7 @@ class TestHealthyErrors:
         def fail(ctx: tasker.Context, resource: int) -> None:
             raise error
 
-        with TaskManager(one_worker(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             reply = manager.submit(fail)
             with pytest.raises(Healthy) as info:
                 reply.get()
@@ -137,7 +137,7 @@ class TestHealthyErrors:
         def fail(ctx: tasker.Context, resource: int) -> None:
             raise error
 
-        with TaskManager(config) as manager:
+        with Manager(config) as manager:
             for _ in range(3):
                 reply = manager.submit(fail)
                 with pytest.raises(Unhealthy) as info:
@@ -165,7 +165,7 @@ class TestHealthyErrors:
             return resource
 
         config = one_worker(resources, check_health=broken_check, logger=logger)
-        with TaskManager(config) as manager:
+        with Manager(config) as manager:
             reply = manager.submit(fail_once)
             assert reply.get() == 2  # redelivered to a replacement worker
             assert reply.attempts == 2
@@ -176,7 +176,8 @@ class TestHealthyErrors:
 
 
 def raise_timeout() -> BaseException:
-    return gevent.Timeout()
+    timeout: BaseException = gevent.Timeout()
+    return timeout
 
 
 def armed_timeout() -> BaseException:
@@ -185,12 +186,13 @@ def armed_timeout() -> BaseException:
         with gevent.Timeout(0.001):
             Event().wait()
     except gevent.Timeout as fired:
-        return fired
+        return fired  # type: ignore[no-any-return]  # gevent ships no stubs
     raise AssertionError("the timeout did not fire")
 
 
 def greenlet_exit() -> BaseException:
-    return gevent.GreenletExit()
+    exit_: BaseException = gevent.GreenletExit()
+    return exit_
 
 
 class TestTaskRaisesBaseException:
@@ -217,7 +219,7 @@ class TestTaskRaisesBaseException:
             originals.append(exc)
             raise exc
 
-        with TaskManager(one_worker(resources, logger=logger)) as manager:
+        with Manager(one_worker(resources, logger=logger)) as manager:
             reply = manager.submit(task)
             with pytest.raises(expected) as info:
                 reply.get()
@@ -244,7 +246,7 @@ class TestTaskRaisesBaseException:
         def exit_task(ctx: tasker.Context, resource: int) -> None:
             raise gevent.GreenletExit
 
-        with TaskManager(one_worker(resources, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, logger=RecordingLogger())) as manager:
             with pytest.raises(tasker.TaskTimeoutError) as info:
                 manager.queue_task(task)
             assert info.value.__cause__ is timeout
@@ -271,7 +273,7 @@ class TestResourceDestroyedOnExit:
             max_worker_count=3,
             resource_pool_size=0,
         )
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         gevent.joinall([manager.submit(the_resource) for _ in range(10)], raise_error=True)
         owners = {w.resource: w.greenlet for w in manager._supervisor.workers.values()}
         assert resources.destroyed == []
@@ -282,7 +284,7 @@ class TestResourceDestroyedOnExit:
     def test_kill_destroys_the_resource_of_a_busy_worker(self) -> None:
         resources = Resources()
         gate = Gate()
-        manager = TaskManager(one_worker(resources))
+        manager: Manager = TaskManager(one_worker(resources))
         reply = manager.submit(gate)
         gate.started.wait()
         manager.kill()
@@ -314,7 +316,7 @@ class TestResourceDestroyedOnExit:
             resource_pool_size=0,
             logger=RecordingLogger(),
         )
-        with TaskManager(config) as manager:
+        with Manager(config) as manager:
             with pytest.raises(tasker.TaskKilledError):
                 manager.queue_task(broken)
             assert manager.queue_task(the_resource) == 2
