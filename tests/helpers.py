@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -26,6 +26,33 @@ class Healthy(Exception):
 
 def check_health(exc: BaseException) -> bool:
     return not isinstance(exc, Unhealthy)
+
+
+def one_worker(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
+    """One base worker, no bursting, no run_task pool: resource ids count the workers."""
+    kwargs.setdefault("worker_count", 1)
+    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
+    kwargs.setdefault("resource_pool_size", 0)
+    return resources.config(**kwargs)
+
+
+def the_resource(ctx: tasker.Context, resource: int) -> int:
+    """A task that returns the resource it ran with."""
+    return resource
+
+
+def returning(value: Any) -> Callable[[tasker.Context, Any], Any]:
+    """A task that returns ``value``."""
+    return lambda ctx, resource: value
+
+
+def raising(exc: BaseException) -> Callable[[tasker.Context, Any], Any]:
+    """A task that raises ``exc`` (the very instance) on every run."""
+
+    def task(ctx: tasker.Context, resource: Any) -> Any:
+        raise exc
+
+    return task
 
 
 @attrs.define

@@ -12,13 +12,11 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, one_worker, raising, returning
 
 import tasker
 from tasker import ManagerStoppedError, TaskKilledError, TaskManager
 from tasker.testing import FakeClock
-
-Manager = TaskManager[int, Any]
 
 # (seed name, priority, once) for the four blocking names; each has _with_callback and _async forms.
 SEEDS = [
@@ -126,25 +124,6 @@ class CallbackRecorder:
         self.called.set()
 
 
-def returning(value: Any) -> Callable[[tasker.Context, Any], Any]:
-    return lambda ctx, resource: value
-
-
-def raising(exc: BaseException) -> Callable[[tasker.Context, Any], Any]:
-    def task(ctx: tasker.Context, resource: Any) -> Any:
-        raise exc
-
-    return task
-
-
-def single_worker(res: Resources, **kwargs: Any) -> tasker.Config[int]:
-    """One base worker, no bursting, no run_task pool: the worker's resource is id 1."""
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return res.config(**kwargs)
-
-
 def new_manager(config: tasker.Config[int]) -> Manager:
     return TaskManager(config)
 
@@ -178,7 +157,7 @@ class TestVariants:
     @pytest.mark.parametrize(("name", "kind", "priority", "once"), VARIANTS, ids=VARIANT_IDS)
     def test_value(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         workers: list[Any] = []
 
         def task(ctx: tasker.Context, resource: int) -> tuple[str, int]:
@@ -211,7 +190,7 @@ class TestVariants:
     @pytest.mark.parametrize(("name", "kind", "priority", "once"), VARIANTS, ids=VARIANT_IDS)
     def test_healthy_error_is_the_same_object(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         error = Healthy("task failed")
         method = getattr(manager, name)
         if kind == "blocking":
@@ -244,7 +223,7 @@ class TestVariants:
     @pytest.mark.parametrize(("name", "kind", "priority", "once"), VARIANTS, ids=VARIANT_IDS)
     def test_lane_and_once_flag(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res, max_retries=2))
+        manager: Manager = TaskManager(one_worker(res, max_retries=2))
         gate = Gate()
         manager.queue_task_async(gate)
         gate.started.wait()
@@ -285,7 +264,7 @@ class TestCallbacks:
 
     def test_each_callback_has_its_own_greenlet(self) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         recorders = [CallbackRecorder() for _ in range(3)]
         for i, recorder in enumerate(recorders):
             manager.queue_task_with_callback(returning(i), recorder)
@@ -300,7 +279,7 @@ class TestCallbacks:
     def test_raising_callback_is_logged_and_manager_keeps_working(self) -> None:
         res = Resources()
         logger = RecordingLogger()
-        manager: Manager = TaskManager(single_worker(res, logger=logger))
+        manager: Manager = TaskManager(one_worker(res, logger=logger))
         boom = ValueError("callback is broken")
         calls: list[Any] = []
 
@@ -323,7 +302,7 @@ class TestCallbacks:
     @pytest.mark.parametrize("end", ["stop", "kill"])
     def test_callback_may_end_the_manager(self, end: str) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         done = Event()
         ended: list[Any] = []
         where: list[Any] = []
@@ -396,7 +375,7 @@ class TestTaskerProtocol:
     def test_execute_objects_in_every_form(self) -> None:
         res = Resources()
         root = tasker.Context()
-        manager: Manager = TaskManager(single_worker(res, ctx=root))
+        manager: Manager = TaskManager(one_worker(res, ctx=root))
         fetch = self.Fetch()
         assert isinstance(fetch, tasker.Tasker)
         assert manager.queue_task(fetch) == ("fetched", 1)
@@ -421,7 +400,7 @@ class TestTaskerProtocol:
     def test_context_is_live_until_the_manager_context_is_cancelled(self) -> None:
         res = Resources()
         root = tasker.Context()
-        manager: Manager = TaskManager(single_worker(res, ctx=root))
+        manager: Manager = TaskManager(one_worker(res, ctx=root))
         waiter = self.WaitForCancel()
         reply = manager.queue_task_async(waiter)
         waiter.started.wait()
@@ -780,7 +759,7 @@ class TestKill:
 
     def test_stop_from_inside_a_task_raises_instead_of_deadlocking(self) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
 
         def stopping(ctx: tasker.Context, resource: int) -> BaseException | None:
             try:
@@ -857,7 +836,7 @@ class TestContextManager:
 
     def test_leaving_stops_and_drains(self) -> None:
         res = Resources()
-        with new_manager(single_worker(res)) as manager:
+        with new_manager(one_worker(res)) as manager:
             assert isinstance(manager, TaskManager)
             replies = [manager.queue_task_async(returning(i)) for i in range(5)]
             assert not any(r.ready() for r in replies)
@@ -868,7 +847,7 @@ class TestContextManager:
 
     def test_leaving_on_an_exception_stops_and_propagates(self) -> None:
         res = Resources()
-        with pytest.raises(KeyError), new_manager(single_worker(res)) as manager:
+        with pytest.raises(KeyError), new_manager(one_worker(res)) as manager:
             reply = manager.queue_task_async(returning("drained"))
             raise KeyError("body failed")
         assert reply.get() == "drained"
@@ -934,7 +913,7 @@ class TestResourcesDestroyed:
 
     def test_temporary_run_task_resource(self) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         assert manager.run_task(lambda ctx, resource: resource) == 2
         assert res.destroyed == [2]
         assert manager.stop() is True

@@ -9,7 +9,7 @@ from typing import Any
 
 import gevent
 import pytest
-from helpers import Gate, Healthy, Manager, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, returning
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,7 +50,7 @@ class TestCounters:
         collector = PrometheusCollector(registry=registry)
         with Manager(resources.config(collector=collector, max_retries=1)) as manager:
             for i in range(5):
-                assert manager.queue_task((lambda n: lambda ctx, r: n)(i)) == i
+                assert manager.queue_task(returning(i)) == i
             with pytest.raises(Healthy):
                 manager.queue_task(fail_with(Healthy()))
             with pytest.raises(RetriesExhaustedError):

@@ -13,25 +13,13 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, raising, returning
 
 import tasker
 from tasker import CancelledError, TaskKilledError, TaskManager
 from tasker.testing import FakeClock
 
-Manager = TaskManager[int, Any]
 Stamps = tasker.TaskLifecycleTimestamps
-
-
-def returning(value: Any) -> Any:
-    return lambda ctx, resource: value
-
-
-def raising(exc: BaseException) -> Any:
-    def task(ctx: tasker.Context, resource: int) -> Any:
-        raise exc
-
-    return task
 
 
 class SeedCollector:

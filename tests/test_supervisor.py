@@ -9,7 +9,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, one_worker, the_resource
 
 import tasker
 from tasker import TaskManager
@@ -53,18 +53,6 @@ class Flaky:
         return resource
 
 
-def config(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
-    """One base worker, no bursting, no run_task pool: resource ids count the workers."""
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return resources.config(**kwargs)
-
-
-def the_resource(ctx: tasker.Context, resource: int) -> int:
-    return resource
-
-
 def advance_to(clock: FakeClock, when: float) -> None:
     clock.advance(when - clock.now())
 
@@ -83,7 +71,7 @@ class TestUnhealthyFailure:
     def test_worker_is_replaced_and_the_message_redelivered(self) -> None:
         resources = Resources()
         task = Flaky(1)
-        with Manager(config(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             reply = manager.submit(task)
             assert reply.get() == 2
             assert reply.attempts == 2
@@ -98,7 +86,7 @@ class TestUnhealthyFailure:
     def test_retries_exhausted_after_max_retries_redeliveries(self, max_retries: int) -> None:
         resources = Resources()
         task = Flaky(failures=100)
-        with Manager(config(resources, max_retries=max_retries, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, max_retries=max_retries, logger=RecordingLogger())) as manager:
             reply = manager.submit(task)
             with pytest.raises(tasker.RetriesExhaustedError) as info:
                 reply.get()
@@ -118,7 +106,7 @@ class TestUnhealthyFailure:
     def test_max_retries_zero_never_redelivers(self) -> None:
         resources = Resources()
         task = Flaky(1)
-        with Manager(config(resources, max_retries=0, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, max_retries=0, logger=RecordingLogger())) as manager:
             reply = manager.submit(task)
             with pytest.raises(Unhealthy) as info:
                 reply.get()
@@ -144,7 +132,7 @@ class TestUnhealthyFailure:
     def test_at_most_once_is_never_redelivered(self, variant: str) -> None:
         resources = Resources()
         task = Flaky(1)
-        with Manager(config(resources, max_retries=3, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, max_retries=3, logger=RecordingLogger())) as manager:
             method = getattr(manager, variant)
             if variant == "submit":
                 outcome: Any = method(task, once=True)
@@ -172,7 +160,7 @@ class TestRedeliveryOrder:
         resources = Resources()
         order: list[str] = []
         gate = Gate()
-        with Manager(config(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             blocker = manager.submit(gate)
             gate.started.wait()
             flaky = manager.submit(Flaky(1, "A", order), priority=priority)
@@ -197,7 +185,7 @@ class TestRedeliveryOrder:
                 raise Unhealthy("A's resource went bad")
             return "A"
 
-        with Manager(config(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             first = manager.submit(blocks_then_fails)
             started.wait()
             main = manager.submit(record(order, "B"))
@@ -213,7 +201,7 @@ class TestRetryOutcome:
     def test_success_on_retry_returns_the_value(self) -> None:
         resources = Resources()
         task = Flaky(2)
-        with Manager(config(resources, max_retries=3)) as manager:
+        with Manager(one_worker(resources, max_retries=3)) as manager:
             reply = manager.submit(task)
             assert reply.get() == 3
             assert reply.attempts == 3
@@ -225,7 +213,7 @@ class TestRetryOutcome:
     def test_retries_of_several_messages_add_up(self) -> None:
         resources = Resources()
         tasks = [Flaky(1), Flaky(2), Flaky(0)]
-        with Manager(config(resources, worker_count=2, max_retries=3)) as manager:
+        with Manager(one_worker(resources, worker_count=2, max_retries=3)) as manager:
             replies = [manager.submit(task) for task in tasks]
             gevent.joinall(replies, raise_error=True)
             assert [r.attempts for r in replies] == [2, 3, 1]
@@ -250,7 +238,7 @@ class TestCreateBackoff:
         clock = FakeClock()
         resources = FailingResources(fail_on=set(range(2, 100)))
         logger = RecordingLogger()
-        manager: Manager = TaskManager(config(resources, clock=clock, logger=logger, max_retries=0))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=logger, max_retries=0))
         retire_the_only_worker(manager)
         assert resources.calls == 2  # the first replacement failed at t=0
         gaps = []
@@ -272,7 +260,7 @@ class TestCreateBackoff:
         clock = FakeClock()
         resources = FailingResources(fail_on=set(range(2, 7)))  # calls 2..6 fail: a streak of 5
         logger = RecordingLogger()
-        manager: Manager = TaskManager(config(resources, clock=clock, logger=logger, max_retries=0))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=logger, max_retries=0))
         retire_the_only_worker(manager)
         advance_to(clock, 0.75 + EPS)  # the tries at 0.05, 0.15, 0.35, 0.75 fail too
         assert resources.calls == 6
@@ -338,7 +326,7 @@ class TestNoWorkerAlive:
         self, clock: FakeClock, resources: FailingResources, **kwargs: Any
     ) -> tuple[TaskManager[int, Any], tasker.TaskResult, Event]:
         """One worker runs a task that turns unhealthy; the returned callable lets it fail."""
-        manager: Manager = TaskManager(config(resources, clock=clock, logger=RecordingLogger(), **kwargs))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=RecordingLogger(), **kwargs))
         go = Event()
         started = Event()
 
@@ -420,7 +408,7 @@ class TestShutdownDuringBackoff:
     """stop() and kill() end, and answer every caller, while replacements keep failing."""
 
     def failing_manager(self, clock: FakeClock, resources: FailingResources) -> TaskManager[int, Any]:
-        manager: Manager = TaskManager(config(resources, clock=clock, logger=RecordingLogger(), max_retries=0))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=RecordingLogger(), max_retries=0))
         retire_the_only_worker(manager)
         assert resources.calls == 2 and manager.stats().base_workers == 0
         return manager

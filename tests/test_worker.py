@@ -9,22 +9,10 @@ import gevent
 import pytest
 from gevent.event import Event
 from greenlet import getcurrent
-from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy, one_worker, the_resource
 
 import tasker
 from tasker import TaskManager
-
-
-def one_worker(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
-    """One base worker, no bursting, no run_task pool: resource ids are the worker's."""
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return resources.config(**kwargs)
-
-
-def the_resource(ctx: tasker.Context, resource: int) -> int:
-    return resource
 
 
 class TestOneResourceForLife:
