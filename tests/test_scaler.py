@@ -153,7 +153,16 @@ class TestScaleUp:
 class TestDrainingBacklog:
     """A backlog that the current workers clear within one interval brings no burst worker."""
 
-    def test_no_burst_when_completions_outpace_the_backlog(self) -> None:
+    @pytest.mark.parametrize(
+        ("finished", "waiting", "burst_after"),
+        [
+            # 5 done and nothing new in this interval; 1 still waits: no new burst worker.
+            pytest.param(5, 1, 3, id="no_burst_when_completions_outpace_the_backlog"),
+            # 1 done and nothing new; 5 still wait: three more burst workers.
+            pytest.param(1, 5, 6, id="burst_when_the_backlog_outgrows_the_completions"),
+        ],
+    )
+    def test_completions_against_the_backlog(self, finished: int, waiting: int, burst_after: int) -> None:
         clock = FakeClock()
         resources = Resources()
         manager = start(resources, clock, worker_count=2, max_worker_count=8)  # step 3
@@ -161,24 +170,10 @@ class TestDrainingBacklog:
         load.add(11)
         tick(clock)
         assert burst(manager) == 3  # 5 running, 6 waiting
-        load.finish(5)  # 5 done and nothing new in this interval; 1 still waits
-        assert manager.stats().queued_tasks == 1
+        load.finish(finished)
+        assert manager.stats().queued_tasks == waiting
         tick(clock)
-        assert burst(manager) == 3
-        load.stop()
-
-    def test_burst_when_the_backlog_outgrows_the_completions(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
-        manager = start(resources, clock, worker_count=2, max_worker_count=8)
-        load = Load(manager)
-        load.add(11)
-        tick(clock)
-        assert burst(manager) == 3
-        load.finish(1)  # 1 done and nothing new; 5 still wait
-        assert manager.stats().queued_tasks == 5
-        tick(clock)
-        assert burst(manager) == 6
+        assert burst(manager) == burst_after
         load.stop()
 
 

@@ -9,7 +9,17 @@ import gevent
 import pytest
 from gevent.event import Event
 from greenlet import getcurrent
-from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy, one_worker, the_resource
+from helpers import (
+    Gate,
+    Healthy,
+    Manager,
+    RecordingLogger,
+    Resources,
+    Unhealthy,
+    check_health,
+    one_worker,
+    the_resource,
+)
 
 import tasker
 from tasker import TaskManager
@@ -93,42 +103,36 @@ class TestOneTaskAtATime:
 class TestHealthyErrors:
     """A healthy failure goes back to the caller as is, and the worker keeps its resource."""
 
-    def test_healthy_error_keeps_the_worker(self) -> None:
+    @pytest.mark.parametrize(
+        ("check", "error_type", "message", "times"),
+        [
+            pytest.param(check_health, Healthy, "an ordinary task error", 1, id="healthy_error_keeps_the_worker"),
+            pytest.param(
+                None,
+                Unhealthy,
+                "would be unhealthy if anyone checked",
+                3,
+                id="without_check_health_every_error_is_healthy",
+            ),
+        ],
+    )
+    def test_the_worker_keeps_its_resource(
+        self,
+        check: Callable[[BaseException], bool] | None,
+        error_type: type[Exception],
+        message: str,
+        times: int,
+    ) -> None:
         resources = Resources()
-        error = Healthy("an ordinary task error")
+        error = error_type(message)
 
         def fail(ctx: tasker.Context, resource: int) -> None:
             raise error
 
-        with Manager(one_worker(resources)) as manager:
-            reply = manager.submit(fail)
-            with pytest.raises(Healthy) as info:
-                reply.get()
-            assert info.value is error
-            assert reply.attempts == 1
-            assert manager.queue_task(the_resource) == 1
-            assert resources.created == [1]
-            assert resources.destroyed == []
-            assert manager.metrics().total_tasks_retried == 0
-
-    def test_without_check_health_every_error_is_healthy(self) -> None:
-        resources = Resources()
-        config = tasker.Config(
-            on_create=resources.create,
-            on_destroy=resources.destroy,
-            worker_count=1,
-            max_worker_count=1,
-            resource_pool_size=0,
-        )
-        error = Unhealthy("would be unhealthy if anyone checked")
-
-        def fail(ctx: tasker.Context, resource: int) -> None:
-            raise error
-
-        with Manager(config) as manager:
-            for _ in range(3):
+        with Manager(one_worker(resources, check_health=check)) as manager:
+            for _ in range(times):
                 reply = manager.submit(fail)
-                with pytest.raises(Unhealthy) as info:
+                with pytest.raises(error_type) as info:
                     reply.get()
                 assert info.value is error
                 assert reply.attempts == 1
