@@ -217,9 +217,10 @@ class TestNoRetry:
 class TestStop:
     """stop() waits for in-flight run_task calls; afterwards run_task is refused."""
 
-    def test_stop_waits_for_in_flight_run_task(self) -> None:
+    @pytest.mark.parametrize("pool", [pytest.param(1, id="pooled"), pytest.param(0, id="temporary")])
+    def test_stop_waits_for_in_flight_run_task(self, pool: int) -> None:
         resources = Resources()
-        manager: Manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=pool))
         gate = ResourceGate()
         runner = gevent.spawn(manager.run_task, gate)
         assert gate.started.wait(5)
@@ -235,20 +236,6 @@ class TestStop:
         assert stopper.get(timeout=5) is True
         assert runner.get(timeout=5) == "gate"
         assert gate.cancelled_on_exit is False  # a graceful stop lets it finish live
-        resources.assert_all_destroyed_once()
-
-    def test_stop_waits_for_a_temporary_resource(self) -> None:
-        resources = Resources()
-        manager: Manager = tasker.TaskManager(config(resources, pool=0))
-        gate = ResourceGate()
-        runner = gevent.spawn(manager.run_task, gate)
-        assert gate.started.wait(5)
-        stopper = gevent.spawn(manager.stop)
-        gevent.idle()
-        assert not stopper.ready()
-        gate.release.set()
-        assert stopper.get(timeout=5) is True
-        assert runner.get(timeout=5) == "gate"
         assert resources.destroyed.count(gate.resource) == 1
         resources.assert_all_destroyed_once()
 
