@@ -100,12 +100,20 @@ class Gate:
 
 
 class RecordingLogger:
-    """A Logger that keeps every record as (level, formatted message)."""
+    """A Logger (not a logging.Logger: just the four methods) that keeps every call.
+
+    ``records`` holds (level, formatted message); ``calls`` the same calls as made,
+    (level, msg, args), for tests that look at the very objects logged. ``errored``
+    is set at the first error.
+    """
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, tuple[Any, ...]]] = []
+        self.errored = Event()
 
     def _record(self, level: str, msg: str, *args: Any) -> None:
+        self.calls.append((level, msg, args))
         self.records.append((level, msg % args))
 
     def debug(self, msg: str, *args: Any) -> None:
@@ -119,7 +127,12 @@ class RecordingLogger:
 
     def error(self, msg: str, *args: Any) -> None:
         self._record("error", msg, *args)
+        self.errored.set()
 
     def count(self, level: str, text: str) -> int:
         """How many records at ``level`` contain ``text``."""
         return sum(1 for lvl, msg in self.records if lvl == level and text in msg)
+
+    def errors_with(self, obj: object) -> list[tuple[str, str, tuple[Any, ...]]]:
+        """The error calls that were passed ``obj`` itself as an argument."""
+        return [call for call in self.calls if call[0] == "error" and any(a is obj for a in call[2])]

@@ -7,7 +7,7 @@ from typing import Any
 
 import gevent
 import pytest
-from helpers import Gate, Manager, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import RetriesExhaustedError, TaskManager
@@ -185,30 +185,11 @@ class TestUserCodeErrors:
         assert record.args == (1.5,)
 
 
-class StructlogLike:
-    """A logger that is not a logging.Logger: just the four methods, recording their calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, tuple[Any, ...]]] = []
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self.calls.append(("debug", msg, args))
-
-    def info(self, msg: str, *args: Any) -> None:
-        self.calls.append(("info", msg, args))
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self.calls.append(("warning", msg, args))
-
-    def error(self, msg: str, *args: Any) -> None:
-        self.calls.append(("error", msg, args))
-
-
 class TestCustomLogger:
     """Config.logger takes any object with debug/info/warning/error(msg, *args)."""
 
     def test_messages_go_to_the_custom_logger_only(self, log: pytest.LogCaptureFixture) -> None:
-        logger = StructlogLike()
+        logger = RecordingLogger()
         resources = Resources()
         with Manager(resources.config(logger=logger)) as manager:
             assert manager.queue_task(FailsOnce()) == "ok"
@@ -230,7 +211,7 @@ class TestCustomLogger:
             Resources().config(logger=PrintOnly())
 
     def test_a_raising_logger_never_harms_the_manager(self, log: pytest.LogCaptureFixture) -> None:
-        class Broken(StructlogLike):
+        class Broken(RecordingLogger):
             def warning(self, msg: str, *args: Any) -> None:
                 raise OSError("log sink is gone")
 

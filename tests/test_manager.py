@@ -12,7 +12,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Healthy, Manager, Resources, Unhealthy, one_worker, raising, returning
+from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy, one_worker, raising, returning
 
 import tasker
 from tasker import ManagerStoppedError, TaskKilledError, TaskManager
@@ -32,31 +32,6 @@ CALLBACK_NAMES = [name for name, kind, *_ in VARIANTS if kind == "callback"]
 
 
 # -- recorders ----------------------------------------------------------------------
-
-
-@attrs.define
-class RecordingLogger:
-    """A Logger that keeps every record and signals each error."""
-
-    records: list[tuple[str, str, tuple[Any, ...]]] = attrs.field(factory=list)
-    errored: Event = attrs.field(factory=Event)
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self.records.append(("debug", msg, args))
-
-    def info(self, msg: str, *args: Any) -> None:
-        self.records.append(("info", msg, args))
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self.records.append(("warning", msg, args))
-
-    def error(self, msg: str, *args: Any) -> None:
-        self.records.append(("error", msg, args))
-        self.errored.set()
-
-    def errors_with(self, obj: object) -> list[tuple[str, str, tuple[Any, ...]]]:
-        """Error records that carry ``obj`` among their arguments."""
-        return [r for r in self.records if r[0] == "error" and any(a is obj for a in r[2])]
 
 
 class RaisingLogger:
@@ -290,7 +265,7 @@ class TestCallbacks:
         manager.queue_task_with_callback(returning("v"), callback)
         logger.errored.wait()
         assert calls == [("v", None)]
-        assert logger.errors_with(boom), logger.records
+        assert logger.errors_with(boom), logger.calls
         assert manager.queue_task(returning("still works")) == "still works"
         recorder = CallbackRecorder()
         manager.queue_task_with_priority_with_callback(returning("again"), recorder)
@@ -896,18 +871,15 @@ class TestResourcesDestroyed:
         assert len(res.destroyed) == 4
         res.assert_all_destroyed_once()
 
-    def test_kill_right_after_construction(self) -> None:
+    @pytest.mark.parametrize("end", ["kill", "stop"])
+    def test_end_right_after_construction(self, end: str) -> None:
         """Regression: workers killed before they first ran used to keep their resources."""
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=2))
-        manager.kill()
-        assert len(res.created) == 4
-        res.assert_all_destroyed_once()
-
-    def test_stop_right_after_construction(self) -> None:
-        res = Resources()
-        manager: Manager = TaskManager(res.config(worker_count=2))
-        assert manager.stop() is True
+        if end == "kill":
+            manager.kill()
+        else:
+            assert manager.stop() is True
         assert len(res.created) == 4
         res.assert_all_destroyed_once()
 
@@ -943,7 +915,7 @@ class TestResourcesDestroyed:
             manager.kill()
         assert sorted(seen) == sorted(res.created) == [1, 2, 3, 4]
         for error in errors:
-            assert logger.errors_with(error), logger.records
+            assert logger.errors_with(error), logger.calls
 
 
 class TestConstructionFailure:

@@ -244,7 +244,7 @@ class TestStop:
         resources = Resources()
         manager: Manager = tasker.TaskManager(config(resources, pool=1))
         manager.run_task(lambda ctx, r: None)
-        gevent.idle()  # let the worker start (see test_kill_right_after_construction)
+        gevent.idle()  # let the worker start (see test_manager test_end_right_after_construction)
         getattr(manager, end)()
         calls = resources.calls
         ran: list[int] = []
