@@ -136,3 +136,29 @@ class RecordingLogger:
     def errors_with(self, obj: object) -> list[tuple[str, str, tuple[Any, ...]]]:
         """The error calls that were passed ``obj`` itself as an argument."""
         return [call for call in self.calls if call[0] == "error" and any(a is obj for a in call[2])]
+
+
+class BrokenCollector:
+    """A collector whose every method raises; ``metrics_calls`` counts the metrics() calls."""
+
+    def __init__(self) -> None:
+        self.metrics_calls = 0
+
+    def record_arrival(self) -> None:
+        raise RuntimeError("record_arrival is broken")
+
+    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        raise RuntimeError("record_completion is broken")
+
+    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        raise RuntimeError("record_failure is broken")
+
+    def record_retry(self) -> None:
+        raise RuntimeError("record_retry is broken")
+
+    def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        raise RuntimeError("record_cancellation is broken")
+
+    def metrics(self) -> tasker.TaskMetrics:
+        self.metrics_calls += 1
+        raise RuntimeError("metrics is broken")

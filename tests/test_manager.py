@@ -12,7 +12,18 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy, one_worker, raising, returning
+from helpers import (
+    BrokenCollector,
+    Gate,
+    Healthy,
+    Manager,
+    RecordingLogger,
+    Resources,
+    Unhealthy,
+    one_worker,
+    raising,
+    returning,
+)
 
 import tasker
 from tasker import ManagerStoppedError, TaskKilledError, TaskManager
@@ -69,22 +80,6 @@ class CountingCollector(tasker.Collector):
     def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
         self.calls["cancellation"] += 1
         super().record_cancellation(stamps)
-
-
-class RaisingCollector(tasker.Collector):
-    """A collector whose every record_* raises."""
-
-    def record_arrival(self) -> None:
-        raise RuntimeError("arrival")
-
-    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("completion")
-
-    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("failure")
-
-    def record_retry(self) -> None:
-        raise RuntimeError("retry")
 
 
 @attrs.define
@@ -307,7 +302,7 @@ class TestCallbacks:
             raise ValueError("callback")  # logged through the raising logger
 
         manager: Manager = TaskManager(
-            res.config(worker_count=2, max_worker_count=2, logger=RaisingLogger(), collector=RaisingCollector())
+            res.config(worker_count=2, max_worker_count=2, logger=RaisingLogger(), collector=BrokenCollector())
         )
         assert manager.queue_task(returning(1)) == 1
         error = Healthy("healthy")

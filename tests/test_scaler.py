@@ -14,7 +14,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy
+from helpers import BrokenCollector, Gate, Manager, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import TaskManager, TaskMetrics
@@ -400,29 +400,6 @@ class TestCeiling:
         assert peak <= 4, f"{peak} workers with max_worker_count=4"
 
 
-class HostileCollector:
-    """A collector whose every method raises, and whose metrics() would be garbage anyway."""
-
-    def __init__(self) -> None:
-        self.metrics_calls = 0
-
-    def record_arrival(self) -> None:
-        raise RuntimeError("record_arrival is broken")
-
-    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("record_completion is broken")
-
-    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("record_failure is broken")
-
-    def record_retry(self) -> None:
-        raise RuntimeError("record_retry is broken")
-
-    def metrics(self) -> Any:
-        self.metrics_calls += 1
-        raise RuntimeError("metrics is broken")
-
-
 class LyingCollector:
     """A collector that ignores events and reports a flood of arrivals and no completions."""
 
@@ -452,7 +429,7 @@ class TestScalerIgnoresTheCollector:
     def test_bursting_works_with_a_broken_collector(self) -> None:
         clock = FakeClock()
         resources = Resources()
-        collector = HostileCollector()
+        collector = BrokenCollector()
         logger = RecordingLogger()
         manager = start(resources, clock, worker_count=2, max_worker_count=6, collector=collector, logger=logger)
         load = Load(manager)
