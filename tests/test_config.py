@@ -72,11 +72,6 @@ class TestTypeErrors:
             make(**{field: value})
         _assert_names(excinfo, field, value)
 
-    def test_on_create_none_is_a_type_error(self) -> None:
-        with pytest.raises(TypeError) as excinfo:
-            make(on_create=None)
-        _assert_names(excinfo, "on_create", None)
-
     @pytest.mark.parametrize("field", INT_FIELDS)
     @pytest.mark.parametrize("value", ["2", 2.0, 1.5, True, False])
     def test_int_fields_reject_non_ints(self, field: str, value: Any) -> None:
@@ -94,16 +89,11 @@ class TestTypeErrors:
             make(**{field: value})
         _assert_names(excinfo, field, value)
 
-    @pytest.mark.parametrize("field", ["burst_interval", "max_retries"])
-    def test_required_numbers_reject_none(self, field: str) -> None:
+    @pytest.mark.parametrize("field", ["on_create", "worker_count", "burst_interval", "max_retries"])
+    def test_required_fields_reject_none(self, field: str) -> None:
         with pytest.raises(TypeError) as excinfo:
             make(**{field: None})
         _assert_names(excinfo, field, None)
-
-    def test_worker_count_none(self) -> None:
-        with pytest.raises(TypeError) as excinfo:
-            make(worker_count=None)
-        _assert_names(excinfo, "worker_count", None)
 
     @pytest.mark.parametrize("value", ["ctx", object(), FakeClock()])
     def test_ctx_must_be_a_context(self, value: Any) -> None:
