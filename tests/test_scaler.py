@@ -14,7 +14,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import BrokenCollector, Gate, Manager, RecordingLogger, Resources, Unhealthy
+from helpers import BrokenCollector, Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health
 
 import tasker
 from tasker import TaskManager, TaskMetrics
@@ -364,7 +364,7 @@ class TestCeiling:
             max_worker_count=4,
             resource_pool_size=0,
             max_retries=0,
-            check_health=lambda exc: not isinstance(exc, Unhealthy),
+            check_health=check_health,
             burst_interval=INTERVAL,
             clock=clock,
             logger=RecordingLogger(),

@@ -9,7 +9,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, one_worker, the_resource
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health, one_worker, the_resource
 
 import tasker
 from tasker import TaskManager
@@ -308,7 +308,7 @@ class TestCreateBackoff:
                 max_worker_count=1,
                 resource_pool_size=0,
                 max_retries=0,
-                check_health=lambda exc: not isinstance(exc, Unhealthy),
+                check_health=check_health,
                 clock=clock,
                 logger=RecordingLogger(),
             )
