@@ -55,6 +55,14 @@ def raising(exc: BaseException) -> Callable[[tasker.Context, Any], Any]:
     return task
 
 
+def catching(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; return its exception instead of raising it (keeps gevent from printing it)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        return exc
+
+
 @attrs.define
 class Resources:
     """An on_create/on_destroy pair that counts every resource it makes and destroys."""

@@ -20,6 +20,7 @@ from helpers import (
     RecordingLogger,
     Resources,
     Unhealthy,
+    catching,
     one_worker,
     raising,
     returning,
@@ -96,14 +97,6 @@ class CallbackRecorder:
 
 def new_manager(config: tasker.Config[int]) -> Manager:
     return TaskManager(config)
-
-
-def catching(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn``; return its exception instead of raising (keeps greenlet output clean)."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        return exc
 
 
 def submit_by(manager: Manager, name: str, kind: str, task: Any) -> tuple[Any, CallbackRecorder | None]:

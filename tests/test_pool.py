@@ -8,7 +8,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Healthy, Manager, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, catching
 
 import tasker
 
@@ -17,14 +17,6 @@ def config(resources: Resources, pool: int | None, **kwargs: Any) -> tasker.Conf
     kwargs.setdefault("worker_count", 1)
     kwargs.setdefault("max_worker_count", kwargs["worker_count"])
     return resources.config(resource_pool_size=pool, **kwargs)
-
-
-def catching(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; return its exception instead of raising it (keeps gevent from printing it)."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        return exc
 
 
 @attrs.define

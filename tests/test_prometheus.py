@@ -5,11 +5,10 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-from typing import Any
 
 import gevent
 import pytest
-from helpers import Gate, Healthy, Manager, Resources, Unhealthy, returning
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, raising, returning
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,13 +33,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def fail_with(exc: BaseException) -> Any:
-    def task(ctx: tasker.Context, resource: int) -> None:
-        raise exc
-
-    return task
-
-
 class TestCounters:
     """Arrivals, completions, failures and retries are exported as ``*_total`` counters."""
 
@@ -52,9 +44,9 @@ class TestCounters:
             for i in range(5):
                 assert manager.queue_task(returning(i)) == i
             with pytest.raises(Healthy):
-                manager.queue_task(fail_with(Healthy()))
+                manager.queue_task(raising(Healthy()))
             with pytest.raises(RetriesExhaustedError):
-                manager.queue_task(fail_with(Unhealthy()))
+                manager.queue_task(raising(Unhealthy()))
         samples = scrape(registry)
         assert value(samples, "tasker_tasks_arrived_total") == 7
         assert value(samples, "tasker_tasks_completed_total") == 5
@@ -72,7 +64,7 @@ class TestCounters:
         with Manager(resources.config(collector=collector)) as manager:
             manager.queue_task(lambda ctx, r: None)
             with pytest.raises(Healthy):
-                manager.queue_task(fail_with(Healthy()))
+                manager.queue_task(raising(Healthy()))
             metrics = manager.metrics()
         assert metrics.total_tasks_completed == 1
         assert metrics.total_tasks_failed == 1
