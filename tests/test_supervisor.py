@@ -68,20 +68,6 @@ def record(order: list[str], name: str) -> Callable[[tasker.Context, int], str]:
 class TestUnhealthyFailure:
     """An unhealthy failure retires the worker, destroys its resource, replaces it and redelivers."""
 
-    def test_worker_is_replaced_and_the_message_redelivered(self) -> None:
-        resources = Resources()
-        task = Flaky(1)
-        with Manager(one_worker(resources)) as manager:
-            reply = manager.submit(task)
-            assert reply.get() == 2
-            assert reply.attempts == 2
-            assert task.runs == [1, 2]
-            assert resources.created == [1, 2]
-            assert resources.destroyed == [1]
-            assert manager.stats().base_workers == 1
-            assert manager.metrics().total_tasks_retried == 1
-        resources.assert_all_destroyed_once()
-
     @pytest.mark.parametrize("max_retries", [1, 2, 3, 5])
     def test_retries_exhausted_after_max_retries_redeliveries(self, max_retries: int) -> None:
         resources = Resources()
@@ -198,17 +184,30 @@ class TestRedeliveryOrder:
 class TestRetryOutcome:
     """A message that succeeds on a later delivery returns its value, and retries are counted."""
 
-    def test_success_on_retry_returns_the_value(self) -> None:
+    @pytest.mark.parametrize(
+        "failures",
+        [
+            pytest.param(1, id="worker_is_replaced_and_the_message_redelivered"),
+            pytest.param(2, id="success_on_retry_returns_the_value"),
+        ],
+    )
+    def test_redelivered_until_it_succeeds(self, failures: int) -> None:
         resources = Resources()
-        task = Flaky(2)
+        task = Flaky(failures)
+        attempts = failures + 1
         with Manager(one_worker(resources, max_retries=3)) as manager:
             reply = manager.submit(task)
-            assert reply.get() == 3
-            assert reply.attempts == 3
+            assert reply.get() == attempts  # the resource of the worker that succeeded
+            assert reply.attempts == attempts
+            assert task.runs == list(range(1, attempts + 1))  # a fresh worker each time
+            assert resources.created == list(range(1, attempts + 1))
+            assert resources.destroyed == list(range(1, attempts))
+            assert manager.stats().base_workers == 1
             metrics = manager.metrics()
-            assert metrics.total_tasks_retried == 2
+            assert metrics.total_tasks_retried == failures
             assert metrics.total_tasks_completed == 1
             assert metrics.total_tasks_failed == 0
+        resources.assert_all_destroyed_once()
 
     def test_retries_of_several_messages_add_up(self) -> None:
         resources = Resources()
