@@ -9,17 +9,7 @@ import gevent
 import pytest
 from gevent.event import Event
 from greenlet import getcurrent
-from helpers import (
-    Gate,
-    Healthy,
-    Manager,
-    RecordingLogger,
-    Resources,
-    Unhealthy,
-    check_health,
-    one_worker,
-    the_resource,
-)
+from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy, one_worker, the_resource
 
 import tasker
 from tasker import TaskManager
@@ -104,11 +94,11 @@ class TestHealthyErrors:
     """A healthy failure goes back to the caller as is, and the worker keeps its resource."""
 
     @pytest.mark.parametrize(
-        ("check", "error_type", "message", "times"),
+        ("overrides", "error_type", "message", "times"),
         [
-            pytest.param(check_health, Healthy, "an ordinary task error", 1, id="healthy_error_keeps_the_worker"),
+            pytest.param({}, Healthy, "an ordinary task error", 1, id="healthy_error_keeps_the_worker"),
             pytest.param(
-                None,
+                {"check_health": None},
                 Unhealthy,
                 "would be unhealthy if anyone checked",
                 3,
@@ -117,11 +107,7 @@ class TestHealthyErrors:
         ],
     )
     def test_the_worker_keeps_its_resource(
-        self,
-        check: Callable[[BaseException], bool] | None,
-        error_type: type[Exception],
-        message: str,
-        times: int,
+        self, overrides: dict[str, Any], error_type: type[Exception], message: str, times: int
     ) -> None:
         resources = Resources()
         error = error_type(message)
@@ -129,7 +115,7 @@ class TestHealthyErrors:
         def fail(ctx: tasker.Context, resource: int) -> None:
             raise error
 
-        with Manager(one_worker(resources, check_health=check)) as manager:
+        with Manager(one_worker(resources, **overrides)) as manager:
             for _ in range(times):
                 reply = manager.submit(fail)
                 with pytest.raises(error_type) as info:
