@@ -95,10 +95,6 @@ class CallbackRecorder:
         self.called.set()
 
 
-def new_manager(config: tasker.Config[int]) -> Manager:
-    return TaskManager(config)
-
-
 def submit_by(manager: Manager, name: str, kind: str, task: Any) -> tuple[Any, CallbackRecorder | None]:
     """Submit through one variant without waiting; returns a greenlet/reply and the callback."""
     method = getattr(manager, name)
@@ -799,7 +795,7 @@ class TestContextManager:
 
     def test_leaving_stops_and_drains(self) -> None:
         res = Resources()
-        with new_manager(one_worker(res)) as manager:
+        with Manager(one_worker(res)) as manager:
             assert isinstance(manager, TaskManager)
             replies = [manager.queue_task_async(returning(i)) for i in range(5)]
             assert not any(r.ready() for r in replies)
@@ -810,7 +806,7 @@ class TestContextManager:
 
     def test_leaving_on_an_exception_stops_and_propagates(self) -> None:
         res = Resources()
-        with pytest.raises(KeyError), new_manager(one_worker(res)) as manager:
+        with pytest.raises(KeyError), Manager(one_worker(res)) as manager:
             reply = manager.queue_task_async(returning("drained"))
             raise KeyError("body failed")
         assert reply.get() == "drained"
@@ -819,7 +815,7 @@ class TestContextManager:
     @pytest.mark.parametrize("end", ["kill", "stop"])
     def test_leaving_after_explicit_end_does_not_raise(self, end: str) -> None:
         res = Resources()
-        with new_manager(res.config()) as manager:
+        with Manager(res.config()) as manager:
             assert manager.queue_task(returning(1)) == 1
             getattr(manager, end)()
         res.assert_all_destroyed_once()
