@@ -103,7 +103,7 @@ class Site:
         return [body]
 
 
-class Handler(pywsgi.WSGIHandler):
+class Handler(pywsgi.WSGIHandler):  # type: ignore[misc]  # gevent ships no stubs
     """Resets the connection (an RST, no answer) for flaky and broken pages."""
 
     def handle_one_response(self) -> None:

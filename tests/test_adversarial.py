@@ -57,7 +57,7 @@ class TestParkedWorkerDies:
         assert manager.queue_task(careless) == "left a timer"
         fired.wait()
         gevent.idle()
-        assert [manager.queue_task(lambda ctx, r, i=i: i) for i in range(3)] == [0, 1, 2]
+        assert [manager.queue_task((lambda n: lambda ctx, r: n)(i)) for i in range(3)] == [0, 1, 2]
         assert manager.stats().base_workers == 1
         assert len(res.created) == 3  # the pool's, the first worker's, its replacement's
         finish(manager, res)
@@ -191,6 +191,6 @@ class TestHookRaisesBaseException:
 
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=Raising()))
-        assert [manager.queue_task(lambda ctx, r, i=i: i) for i in range(3)] == [0, 1, 2]
+        assert [manager.queue_task((lambda n: lambda ctx, r: n)(i)) for i in range(3)] == [0, 1, 2]
         assert manager.stats().base_workers == 1
         finish(manager, res)

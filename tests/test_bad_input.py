@@ -300,5 +300,6 @@ class TestBadContextAndCollector:
     @pytest.mark.parametrize("field", ["window", "relative_error"])
     def test_collector_wrong_type(self, field: str) -> None:
         with pytest.raises((TypeError, ValueError)) as excinfo:
-            tasker.Collector(**{field: "x"})
+            kwargs: dict[str, Any] = {field: "x"}
+            tasker.Collector(**kwargs)
         names(excinfo, field)

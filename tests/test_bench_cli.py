@@ -91,7 +91,12 @@ class TestArguments:
         from tasker.__main__ import main as entry
 
         seen: list[list[str]] = []
-        monkeypatch.setattr(_bench, "main", lambda args: seen.append(args) or 7)
+
+        def fake_main(args: list[str]) -> int:
+            seen.append(args)
+            return 7
+
+        monkeypatch.setattr(_bench, "main", fake_main)
         assert entry(["bench", "--quick"]) == 7
         assert seen == [["--quick"]]
 
@@ -123,7 +128,7 @@ class TestBareActorPool:
     def test_replies_with_values_and_exceptions(self) -> None:
         pool = BareActorPool(3)
         try:
-            replies = [pool.submit(lambda i=i: i * i) for i in range(10)]
+            replies = [pool.submit((lambda n: lambda: n * n)(i)) for i in range(10)]
             assert [r.get() for r in replies] == [i * i for i in range(10)]
             with pytest.raises(ZeroDivisionError):
                 pool.call(lambda: 1 / 0)

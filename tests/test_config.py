@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 import pytest
-from helpers import Resources
+from helpers import Manager, Resources
 
 import tasker
 from tasker.testing import FakeClock
@@ -72,11 +72,6 @@ class TestTypeErrors:
             make(**{field: value})
         _assert_names(excinfo, field, value)
 
-    def test_on_create_none_is_a_type_error(self) -> None:
-        with pytest.raises(TypeError) as excinfo:
-            make(on_create=None)
-        _assert_names(excinfo, "on_create", None)
-
     @pytest.mark.parametrize("field", INT_FIELDS)
     @pytest.mark.parametrize("value", ["2", 2.0, 1.5, True, False])
     def test_int_fields_reject_non_ints(self, field: str, value: Any) -> None:
@@ -94,16 +89,11 @@ class TestTypeErrors:
             make(**{field: value})
         _assert_names(excinfo, field, value)
 
-    @pytest.mark.parametrize("field", ["burst_interval", "max_retries"])
-    def test_required_numbers_reject_none(self, field: str) -> None:
+    @pytest.mark.parametrize("field", ["on_create", "worker_count", "burst_interval", "max_retries"])
+    def test_required_fields_reject_none(self, field: str) -> None:
         with pytest.raises(TypeError) as excinfo:
             make(**{field: None})
         _assert_names(excinfo, field, None)
-
-    def test_worker_count_none(self) -> None:
-        with pytest.raises(TypeError) as excinfo:
-            make(worker_count=None)
-        _assert_names(excinfo, "worker_count", None)
 
     @pytest.mark.parametrize("value", ["ctx", object(), FakeClock()])
     def test_ctx_must_be_a_context(self, value: Any) -> None:
@@ -232,7 +222,7 @@ class TestAccepted:
 
     def test_fields_are_keyword_only(self) -> None:
         with pytest.raises(TypeError):
-            tasker.Config(object, 1)  # type: ignore[call-arg,misc]
+            tasker.Config(object, 1)  # type: ignore[call-arg]
 
 
 class TestFrozen:
@@ -272,7 +262,7 @@ class TestDefaults:
 
     def test_pool_defaults_to_worker_count(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(resources.config(worker_count=3, max_worker_count=3)) as manager:
+        with Manager(resources.config(worker_count=3, max_worker_count=3)) as manager:
             stats = manager.stats()
             assert stats.available_resources == 3
             assert stats.base_workers == 3
@@ -282,7 +272,7 @@ class TestDefaults:
     def test_collector_defaults_to_a_new_collector(self) -> None:
         resources = Resources()
         config = resources.config(worker_count=1, max_worker_count=1)
-        with tasker.TaskManager(config) as first, tasker.TaskManager(config) as second:
+        with Manager(config) as first, Manager(config) as second:
             assert first.queue_task(lambda ctx, r: r) is not None
             assert first.metrics().total_tasks_completed == 1
             assert second.metrics().total_tasks_completed == 0

@@ -47,31 +47,24 @@ class TestRoot:
 class TestTree:
     """Cancellation flows down to every descendant, never up or sideways."""
 
-    def test_cancel_reaches_grandchild(self) -> None:
+    @pytest.mark.parametrize(
+        ("cancel", "cancelled"),
+        [
+            pytest.param("root", {"root", "child", "grandchild"}, id="reaches_grandchild"),
+            pytest.param("grandchild", {"grandchild"}, id="does_not_reach_parent"),
+            pytest.param("child", {"child", "grandchild"}, id="middle"),
+        ],
+    )
+    def test_cancel(self, cancel: str, cancelled: set[str]) -> None:
         root = tasker.Context()
         child = root.child()
         grandchild = child.child()
-        root.cancel()
-        assert child.cancelled and grandchild.cancelled
-        with pytest.raises(tasker.CancelledError):
-            grandchild.check()
-
-    def test_cancel_does_not_reach_parent(self) -> None:
-        root = tasker.Context()
-        child = root.child()
-        grandchild = child.child()
-        grandchild.cancel()
-        assert grandchild.cancelled
-        assert not child.cancelled
-        assert not root.cancelled
-
-    def test_cancel_middle(self) -> None:
-        root = tasker.Context()
-        child = root.child()
-        grandchild = child.child()
-        child.cancel()
-        assert grandchild.cancelled
-        assert not root.cancelled
+        tree = {"root": root, "child": child, "grandchild": grandchild}
+        tree[cancel].cancel()
+        assert {name for name, ctx in tree.items() if ctx.cancelled} == cancelled
+        for name in cancelled:
+            with pytest.raises(tasker.CancelledError):
+                tree[name].check()
 
     def test_cancel_does_not_reach_sibling(self) -> None:
         root = tasker.Context()
@@ -106,18 +99,15 @@ class TestWait:
         assert ctx.child().wait(0) is False
         assert not ctx.cancelled
 
-    def test_wait_wakes_on_cancel(self) -> None:
-        ctx = tasker.Context()
-        waiter = gevent.spawn(ctx.wait)
-        gevent.idle()
-        assert not waiter.ready()
-        ctx.cancel()
-        assert waiter.get(timeout=5) is True
-
-    def test_wait_on_grandchild_wakes_when_root_cancelled(self) -> None:
+    @pytest.mark.parametrize(
+        "depth", [pytest.param(0, id="wakes_on_cancel"), pytest.param(2, id="on_grandchild_wakes_when_root_cancelled")]
+    )
+    def test_wait(self, depth: int) -> None:
         root = tasker.Context()
-        grandchild = root.child().child()
-        waiter = gevent.spawn(grandchild.wait)
+        waited = root
+        for _ in range(depth):
+            waited = waited.child()
+        waiter = gevent.spawn(waited.wait)
         gevent.idle()
         assert not waiter.ready()
         root.cancel()

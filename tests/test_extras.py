@@ -8,7 +8,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Resources
+from helpers import Gate, Resources, the_resource
 
 import tasker
 from tasker import TaskKilledError, TaskManager, TaskTimeoutError
@@ -48,10 +48,6 @@ class Stuck:
         return "released"
 
 
-def resource_of(ctx: tasker.Context, resource: int) -> int:
-    return resource
-
-
 class TestTaskTimeout:
     """A task that runs past its timeout is answered with TaskTimeoutError, its context cancelled, its worker kept."""
 
@@ -74,7 +70,7 @@ class TestTaskTimeout:
             reply.get()
         assert stuck.contexts[0].cancelled
         assert len(stuck.unwound) == 1  # the task was interrupted where it blocked
-        assert manager.queue_task(resource_of) == stuck.resources[0] == 1  # the worker survived
+        assert manager.queue_task(the_resource) == stuck.resources[0] == 1  # the worker survived
         assert manager.stop() is True
         assert res.created == [1]
         res.assert_all_destroyed_once()
@@ -134,7 +130,7 @@ class TestTaskTimeout:
         clock.advance(5.0)  # the timer is gone: nothing happens to the reply or the worker
         assert reply.get() == "released"
         assert not stuck.contexts[0].cancelled
-        assert manager.queue_task(resource_of) == 1
+        assert manager.queue_task(the_resource) == 1
         assert manager.stop() is True
 
     def test_time_waiting_in_the_queue_does_not_count(self) -> None:
@@ -166,7 +162,7 @@ class TestTaskTimeout:
         clock.advance(3.0)
         assert isinstance(reply.exception, TaskTimeoutError)  # the timeout answers, not the task
         assert saw in ([], [True])
-        assert manager.queue_task(resource_of) == 1
+        assert manager.queue_task(the_resource) == 1
         assert manager.stop() is True
 
     def test_unhealthy_timeout_replaces_the_worker(self) -> None:
@@ -178,7 +174,7 @@ class TestTaskTimeout:
         clock.advance(1.0)
         assert isinstance(reply.exception, TaskTimeoutError)
         assert stuck.contexts[0].cancelled
-        assert manager.queue_task(resource_of) == 2  # a new worker with a new resource
+        assert manager.queue_task(the_resource) == 2  # a new worker with a new resource
         assert res.destroyed == [1]
         assert len(stuck.contexts) == 1  # the timed-out message is not redelivered
         assert manager.stop() is True
@@ -245,7 +241,7 @@ class TestStopTimeout:
         manager, _ = on_fake_clock(res)
         with pytest.raises(ValueError):
             manager.stop(timeout=bad)
-        assert manager.queue_task(resource_of) == 1
+        assert manager.queue_task(the_resource) == 1
         assert manager.stop() is True
 
 
@@ -281,7 +277,7 @@ class TestCancel:
         reply = manager.queue_task_async(lambda ctx, resource: ran.append("ran"))
         assert reply.cancel() is True  # before the worker got to run it
         assert isinstance(reply.exception, tasker.CancelledError)
-        assert manager.queue_task(resource_of) == 1
+        assert manager.queue_task(the_resource) == 1
         assert manager.stop() is True
         assert ran == []
 
@@ -302,7 +298,7 @@ class TestCancel:
         assert reply.cancel() is True
         assert reply.get() == "own value"
         assert reply.cancel() is False
-        assert manager.queue_task(resource_of) == 1  # the worker carries on
+        assert manager.queue_task(the_resource) == 1  # the worker carries on
         assert manager.stop() is True
 
     def test_running_task_may_raise_cancelled(self) -> None:

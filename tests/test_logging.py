@@ -7,7 +7,7 @@ from typing import Any
 
 import gevent
 import pytest
-from helpers import Gate, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import RetriesExhaustedError, TaskManager
@@ -52,7 +52,7 @@ class TestUnhealthyFailures:
 
     def test_retired_worker_is_a_warning(self, log: pytest.LogCaptureFixture) -> None:
         resources = Resources()
-        with TaskManager(resources.config()) as manager:
+        with Manager(resources.config()) as manager:
             assert manager.queue_task(FailsOnce()) == "ok"
         (record,) = logged(log, logging.WARNING, "retired a worker")
         assert isinstance(record.args, tuple)
@@ -61,7 +61,7 @@ class TestUnhealthyFailures:
 
     def test_exhausted_retries_is_a_warning(self, log: pytest.LogCaptureFixture) -> None:
         resources = Resources()
-        with TaskManager(resources.config(max_retries=2)) as manager:
+        with Manager(resources.config(max_retries=2)) as manager:
             with pytest.raises(RetriesExhaustedError):
                 manager.queue_task(always_unhealthy)
         (record,) = logged(log, logging.WARNING, "task failed after")
@@ -72,7 +72,7 @@ class TestUnhealthyFailures:
 
     def test_healthy_failures_are_not_logged(self, log: pytest.LogCaptureFixture) -> None:
         resources = Resources()
-        with TaskManager(resources.config()) as manager:
+        with Manager(resources.config()) as manager:
             with pytest.raises(ValueError):
                 manager.queue_task(lambda ctx, r: int("x"))
         assert [r for r in log.records if r.name == "tasker" and r.levelno >= logging.WARNING] == []
@@ -86,7 +86,7 @@ class TestCreateStreaks:
         # Calls 1-2 make the base workers; 3-5 are the first streak, 7 the second.
         resources = Resources(fail_on={3, 4, 5, 7})
         config = resources.config(max_worker_count=2, resource_pool_size=0, clock=clock)
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         assert manager.submit(FailsOnce()).get() == "ok"  # the other base worker retries it
         gevent.idle()
         assert resources.calls == 3
@@ -119,7 +119,7 @@ class TestScaling:
         clock = FakeClock()
         resources = Resources()
         config = resources.config(worker_count=1, max_worker_count=3, resource_pool_size=0, clock=clock)
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         gate = Gate()
         replies = [manager.submit(gate) for _ in range(4)]
         gate.started.wait()
@@ -146,7 +146,7 @@ class TestUserCodeErrors:
         def callback(result: Any, exc: BaseException | None) -> None:
             raise error
 
-        manager = TaskManager(resources.config())
+        manager: Manager = TaskManager(resources.config())
         manager.queue_task_with_callback(lambda ctx, r: 1, callback)
         manager.stop()  # waits for pending callbacks
         (record,) = logged(log, logging.ERROR, "callback")
@@ -162,7 +162,7 @@ class TestUserCodeErrors:
         config = tasker.Config(
             on_create=lambda: 1, on_destroy=on_destroy, check_health=check_health, worker_count=1, max_retries=0
         )
-        with TaskManager(config) as manager:
+        with Manager(config) as manager:
             with pytest.raises(Unhealthy):
                 manager.queue_task(always_unhealthy)
         assert len(logged(log, logging.ERROR, "check_health raised")) == 1
@@ -171,7 +171,7 @@ class TestUserCodeErrors:
 
     def test_stop_timeout_escalation_is_a_warning(self, log: pytest.LogCaptureFixture) -> None:
         clock = FakeClock()
-        manager = TaskManager(Resources().config(clock=clock))
+        manager: Manager = TaskManager(Resources().config(clock=clock))
         gate = Gate()
         reply = manager.submit(gate)
         gate.started.wait()
@@ -185,32 +185,13 @@ class TestUserCodeErrors:
         assert record.args == (1.5,)
 
 
-class StructlogLike:
-    """A logger that is not a logging.Logger: just the four methods, recording their calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, tuple[Any, ...]]] = []
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self.calls.append(("debug", msg, args))
-
-    def info(self, msg: str, *args: Any) -> None:
-        self.calls.append(("info", msg, args))
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self.calls.append(("warning", msg, args))
-
-    def error(self, msg: str, *args: Any) -> None:
-        self.calls.append(("error", msg, args))
-
-
 class TestCustomLogger:
     """Config.logger takes any object with debug/info/warning/error(msg, *args)."""
 
     def test_messages_go_to_the_custom_logger_only(self, log: pytest.LogCaptureFixture) -> None:
-        logger = StructlogLike()
+        logger = RecordingLogger()
         resources = Resources()
-        with TaskManager(resources.config(logger=logger)) as manager:
+        with Manager(resources.config(logger=logger)) as manager:
             assert manager.queue_task(FailsOnce()) == "ok"
             manager.queue_task_with_callback(lambda ctx, r: 1, lambda result, exc: 1 / 0)
         levels = [level for level, _, _ in logger.calls]
@@ -230,12 +211,12 @@ class TestCustomLogger:
             Resources().config(logger=PrintOnly())
 
     def test_a_raising_logger_never_harms_the_manager(self, log: pytest.LogCaptureFixture) -> None:
-        class Broken(StructlogLike):
+        class Broken(RecordingLogger):
             def warning(self, msg: str, *args: Any) -> None:
                 raise OSError("log sink is gone")
 
         resources = Resources()
-        with TaskManager(resources.config(logger=Broken())) as manager:
+        with Manager(resources.config(logger=Broken())) as manager:
             assert manager.queue_task(FailsOnce()) == "ok"
         (record,) = logged(log, logging.ERROR, "the logger raised")
         assert isinstance(record.args, tuple) and isinstance(record.args[0], OSError)

@@ -12,13 +12,23 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import (
+    BrokenCollector,
+    Gate,
+    Healthy,
+    Manager,
+    RecordingLogger,
+    Resources,
+    Unhealthy,
+    catching,
+    one_worker,
+    raising,
+    returning,
+)
 
 import tasker
 from tasker import ManagerStoppedError, TaskKilledError, TaskManager
 from tasker.testing import FakeClock
-
-Manager = TaskManager[int, Any]
 
 # (seed name, priority, once) for the four blocking names; each has _with_callback and _async forms.
 SEEDS = [
@@ -34,31 +44,6 @@ CALLBACK_NAMES = [name for name, kind, *_ in VARIANTS if kind == "callback"]
 
 
 # -- recorders ----------------------------------------------------------------------
-
-
-@attrs.define
-class RecordingLogger:
-    """A Logger that keeps every record and signals each error."""
-
-    records: list[tuple[str, str, tuple[Any, ...]]] = attrs.field(factory=list)
-    errored: Event = attrs.field(factory=Event)
-
-    def debug(self, msg: str, *args: Any) -> None:
-        self.records.append(("debug", msg, args))
-
-    def info(self, msg: str, *args: Any) -> None:
-        self.records.append(("info", msg, args))
-
-    def warning(self, msg: str, *args: Any) -> None:
-        self.records.append(("warning", msg, args))
-
-    def error(self, msg: str, *args: Any) -> None:
-        self.records.append(("error", msg, args))
-        self.errored.set()
-
-    def errors_with(self, obj: object) -> list[tuple[str, str, tuple[Any, ...]]]:
-        """Error records that carry ``obj`` among their arguments."""
-        return [r for r in self.records if r[0] == "error" and any(a is obj for a in r[2])]
 
 
 class RaisingLogger:
@@ -98,22 +83,6 @@ class CountingCollector(tasker.Collector):
         super().record_cancellation(stamps)
 
 
-class RaisingCollector(tasker.Collector):
-    """A collector whose every record_* raises."""
-
-    def record_arrival(self) -> None:
-        raise RuntimeError("arrival")
-
-    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("completion")
-
-    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("failure")
-
-    def record_retry(self) -> None:
-        raise RuntimeError("retry")
-
-
 @attrs.define
 class CallbackRecorder:
     """A callback that records each call and the greenlet it ran in."""
@@ -124,37 +93,6 @@ class CallbackRecorder:
     def __call__(self, result: Any, error: BaseException | None) -> None:
         self.calls.append((result, error, gevent.getcurrent()))
         self.called.set()
-
-
-def returning(value: Any) -> Callable[[tasker.Context, Any], Any]:
-    return lambda ctx, resource: value
-
-
-def raising(exc: BaseException) -> Callable[[tasker.Context, Any], Any]:
-    def task(ctx: tasker.Context, resource: Any) -> Any:
-        raise exc
-
-    return task
-
-
-def single_worker(res: Resources, **kwargs: Any) -> tasker.Config[int]:
-    """One base worker, no bursting, no run_task pool: the worker's resource is id 1."""
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return res.config(**kwargs)
-
-
-def new_manager(config: tasker.Config[int]) -> Manager:
-    return TaskManager(config)
-
-
-def catching(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn``; return its exception instead of raising (keeps greenlet output clean)."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        return exc
 
 
 def submit_by(manager: Manager, name: str, kind: str, task: Any) -> tuple[Any, CallbackRecorder | None]:
@@ -178,7 +116,7 @@ class TestVariants:
     @pytest.mark.parametrize(("name", "kind", "priority", "once"), VARIANTS, ids=VARIANT_IDS)
     def test_value(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         workers: list[Any] = []
 
         def task(ctx: tasker.Context, resource: int) -> tuple[str, int]:
@@ -211,7 +149,7 @@ class TestVariants:
     @pytest.mark.parametrize(("name", "kind", "priority", "once"), VARIANTS, ids=VARIANT_IDS)
     def test_healthy_error_is_the_same_object(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         error = Healthy("task failed")
         method = getattr(manager, name)
         if kind == "blocking":
@@ -244,7 +182,7 @@ class TestVariants:
     @pytest.mark.parametrize(("name", "kind", "priority", "once"), VARIANTS, ids=VARIANT_IDS)
     def test_lane_and_once_flag(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res, max_retries=2))
+        manager: Manager = TaskManager(one_worker(res, max_retries=2))
         gate = Gate()
         manager.queue_task_async(gate)
         gate.started.wait()
@@ -285,7 +223,7 @@ class TestCallbacks:
 
     def test_each_callback_has_its_own_greenlet(self) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         recorders = [CallbackRecorder() for _ in range(3)]
         for i, recorder in enumerate(recorders):
             manager.queue_task_with_callback(returning(i), recorder)
@@ -300,7 +238,7 @@ class TestCallbacks:
     def test_raising_callback_is_logged_and_manager_keeps_working(self) -> None:
         res = Resources()
         logger = RecordingLogger()
-        manager: Manager = TaskManager(single_worker(res, logger=logger))
+        manager: Manager = TaskManager(one_worker(res, logger=logger))
         boom = ValueError("callback is broken")
         calls: list[Any] = []
 
@@ -311,7 +249,7 @@ class TestCallbacks:
         manager.queue_task_with_callback(returning("v"), callback)
         logger.errored.wait()
         assert calls == [("v", None)]
-        assert logger.errors_with(boom), logger.records
+        assert logger.errors_with(boom), logger.calls
         assert manager.queue_task(returning("still works")) == "still works"
         recorder = CallbackRecorder()
         manager.queue_task_with_priority_with_callback(returning("again"), recorder)
@@ -323,7 +261,7 @@ class TestCallbacks:
     @pytest.mark.parametrize("end", ["stop", "kill"])
     def test_callback_may_end_the_manager(self, end: str) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         done = Event()
         ended: list[Any] = []
         where: list[Any] = []
@@ -353,7 +291,7 @@ class TestCallbacks:
             raise ValueError("callback")  # logged through the raising logger
 
         manager: Manager = TaskManager(
-            res.config(worker_count=2, max_worker_count=2, logger=RaisingLogger(), collector=RaisingCollector())
+            res.config(worker_count=2, max_worker_count=2, logger=RaisingLogger(), collector=BrokenCollector())
         )
         assert manager.queue_task(returning(1)) == 1
         error = Healthy("healthy")
@@ -396,7 +334,7 @@ class TestTaskerProtocol:
     def test_execute_objects_in_every_form(self) -> None:
         res = Resources()
         root = tasker.Context()
-        manager: Manager = TaskManager(single_worker(res, ctx=root))
+        manager: Manager = TaskManager(one_worker(res, ctx=root))
         fetch = self.Fetch()
         assert isinstance(fetch, tasker.Tasker)
         assert manager.queue_task(fetch) == ("fetched", 1)
@@ -421,7 +359,7 @@ class TestTaskerProtocol:
     def test_context_is_live_until_the_manager_context_is_cancelled(self) -> None:
         res = Resources()
         root = tasker.Context()
-        manager: Manager = TaskManager(single_worker(res, ctx=root))
+        manager: Manager = TaskManager(one_worker(res, ctx=root))
         waiter = self.WaitForCancel()
         reply = manager.queue_task_async(waiter)
         waiter.started.wait()
@@ -780,7 +718,7 @@ class TestKill:
 
     def test_stop_from_inside_a_task_raises_instead_of_deadlocking(self) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
 
         def stopping(ctx: tasker.Context, resource: int) -> BaseException | None:
             try:
@@ -857,7 +795,7 @@ class TestContextManager:
 
     def test_leaving_stops_and_drains(self) -> None:
         res = Resources()
-        with new_manager(single_worker(res)) as manager:
+        with Manager(one_worker(res)) as manager:
             assert isinstance(manager, TaskManager)
             replies = [manager.queue_task_async(returning(i)) for i in range(5)]
             assert not any(r.ready() for r in replies)
@@ -868,7 +806,7 @@ class TestContextManager:
 
     def test_leaving_on_an_exception_stops_and_propagates(self) -> None:
         res = Resources()
-        with pytest.raises(KeyError), new_manager(single_worker(res)) as manager:
+        with pytest.raises(KeyError), Manager(one_worker(res)) as manager:
             reply = manager.queue_task_async(returning("drained"))
             raise KeyError("body failed")
         assert reply.get() == "drained"
@@ -877,7 +815,7 @@ class TestContextManager:
     @pytest.mark.parametrize("end", ["kill", "stop"])
     def test_leaving_after_explicit_end_does_not_raise(self, end: str) -> None:
         res = Resources()
-        with new_manager(res.config()) as manager:
+        with Manager(res.config()) as manager:
             assert manager.queue_task(returning(1)) == 1
             getattr(manager, end)()
         res.assert_all_destroyed_once()
@@ -917,24 +855,21 @@ class TestResourcesDestroyed:
         assert len(res.destroyed) == 4
         res.assert_all_destroyed_once()
 
-    def test_kill_right_after_construction(self) -> None:
+    @pytest.mark.parametrize("end", ["kill", "stop"])
+    def test_end_right_after_construction(self, end: str) -> None:
         """Regression: workers killed before they first ran used to keep their resources."""
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=2))
-        manager.kill()
-        assert len(res.created) == 4
-        res.assert_all_destroyed_once()
-
-    def test_stop_right_after_construction(self) -> None:
-        res = Resources()
-        manager: Manager = TaskManager(res.config(worker_count=2))
-        assert manager.stop() is True
+        if end == "kill":
+            manager.kill()
+        else:
+            assert manager.stop() is True
         assert len(res.created) == 4
         res.assert_all_destroyed_once()
 
     def test_temporary_run_task_resource(self) -> None:
         res = Resources()
-        manager: Manager = TaskManager(single_worker(res))
+        manager: Manager = TaskManager(one_worker(res))
         assert manager.run_task(lambda ctx, resource: resource) == 2
         assert res.destroyed == [2]
         assert manager.stop() is True
@@ -964,7 +899,7 @@ class TestResourcesDestroyed:
             manager.kill()
         assert sorted(seen) == sorted(res.created) == [1, 2, 3, 4]
         for error in errors:
-            assert logger.errors_with(error), logger.records
+            assert logger.errors_with(error), logger.calls
 
 
 class TestConstructionFailure:

@@ -97,7 +97,7 @@ class TestCounts:
 
     def test_only_failures(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
-        collector.record_failure(Stamps(0.0, None, 0.0))
+        collector.record_failure(Stamps(0.0, 0.0, 0.0))
         collector.record_failure(Stamps(0.0, 0.0, 1.0))
         metrics = collector.metrics()
         assert (metrics.success_rate, metrics.failure_rate) == (0.0, 1.0)
@@ -137,9 +137,9 @@ class TestExecutionStats:
 
     def test_never_ran_does_not_dilute_means(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
-        collector.record_failure(Stamps(0.0, None, 50.0))
+        collector.record_failure(Stamps(0.0, 50.0, 50.0))
         collector.record_completion(Stamps(1.0, 3.0, 5.0))
-        collector.record_failure(Stamps(0.0, None, 60.0))
+        collector.record_failure(Stamps(0.0, 60.0, 60.0))
         metrics = collector.metrics()
         assert metrics.average_execution_time == 2.0
         assert metrics.min_execution_time == 2.0
@@ -254,7 +254,7 @@ def _feed(collector: tasker.Collector, clock: FakeClock, rng: random.Random, sta
         if i % 10:
             collector.record_completion(Stamps(now, now, now + took))
         else:
-            collector.record_failure(Stamps(now, None if i % 20 else now, now + took))
+            collector.record_failure(Stamps(now, now + took if i % 20 else now, now + took))
         if i % 1000 == 0:
             collector.record_retry()
 

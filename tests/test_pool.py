@@ -8,7 +8,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, catching
 
 import tasker
 
@@ -17,14 +17,6 @@ def config(resources: Resources, pool: int | None, **kwargs: Any) -> tasker.Conf
     kwargs.setdefault("worker_count", 1)
     kwargs.setdefault("max_worker_count", kwargs["worker_count"])
     return resources.config(resource_pool_size=pool, **kwargs)
-
-
-def catching(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; return its exception instead of raising it (keeps gevent from printing it)."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        return exc
 
 
 @attrs.define
@@ -53,7 +45,7 @@ class TestPooled:
 
     def test_uses_a_pooled_resource_and_returns_it(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=2)) as manager:
+        with Manager(config(resources, pool=2)) as manager:
             assert manager.stats().available_resources == 2
             gate = ResourceGate()
             runner = gevent.spawn(manager.run_task, gate)
@@ -70,7 +62,7 @@ class TestPooled:
 
     def test_two_calls_hold_two_pooled_resources(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=2)) as manager:
+        with Manager(config(resources, pool=2)) as manager:
             gates = [ResourceGate(), ResourceGate()]
             runners = [gevent.spawn(manager.run_task, g) for g in gates]
             for gate in gates:
@@ -84,7 +76,7 @@ class TestPooled:
 
     def test_runs_in_the_calling_greenlet_bypassing_queues(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             gate = Gate()
             manager.submit(gate)  # the only worker is busy
             assert gate.started.wait(5)
@@ -99,13 +91,13 @@ class TestPooled:
             def execute(self, ctx: tasker.Context, resource: int) -> tuple[str, int]:
                 return ("job", resource)
 
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             assert manager.run_task(Job()) == ("job", pool_ids(resources, 1)[0])
 
     def test_context_is_live_and_derived_from_config_ctx(self) -> None:
         resources = Resources()
         parent = tasker.Context()
-        manager = tasker.TaskManager(config(resources, pool=1, ctx=parent))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1, ctx=parent))
         gate = ResourceGate()
         runner = gevent.spawn(manager.run_task, gate)
         assert gate.started.wait(5)
@@ -127,14 +119,19 @@ class TestTemporary:
 
     def test_temporary_when_pool_is_empty(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             gate = ResourceGate()
             runner = gevent.spawn(manager.run_task, gate)
             assert gate.started.wait(5)
             assert manager.stats().available_resources == 0
             before = list(resources.created)
             seen: list[int] = []
-            assert manager.run_task(lambda ctx, r: seen.append(r) or "temp") == "temp"
+
+            def record(ctx: tasker.Context, resource: int) -> str:
+                seen.append(resource)
+                return "temp"
+
+            assert manager.run_task(record) == "temp"
             (temp,) = set(resources.created) - set(before)
             assert seen == [temp]
             assert resources.destroyed == [temp]
@@ -145,7 +142,7 @@ class TestTemporary:
 
     def test_pool_size_zero_always_temporary(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=0)) as manager:
+        with Manager(config(resources, pool=0)) as manager:
             assert manager.stats().available_resources == 0
             seen = [manager.run_task(lambda ctx, r: r) for _ in range(3)]
             assert len(set(seen)) == 3
@@ -159,7 +156,7 @@ class TestTemporary:
         def boom(ctx: tasker.Context, resource: int) -> None:
             raise Healthy(resource)
 
-        with tasker.TaskManager(config(resources, pool=0)) as manager:
+        with Manager(config(resources, pool=0)) as manager:
             with pytest.raises(Healthy) as info:
                 manager.run_task(boom)
             assert resources.destroyed == [info.value.args[0]]
@@ -168,7 +165,7 @@ class TestTemporary:
         # call 1: the worker's resource; call 2: the temporary for run_task
         resources = Resources(fail_on={2})
         ran: list[int] = []
-        with tasker.TaskManager(config(resources, pool=0)) as manager:
+        with Manager(config(resources, pool=0)) as manager:
             with pytest.raises(tasker.ResourceCreationError) as info:
                 manager.run_task(lambda ctx, r: ran.append(r))
             assert isinstance(info.value.__cause__, ConnectionError)
@@ -190,7 +187,7 @@ class TestNoRetry:
             calls.append(resource)
             raise error
 
-        with tasker.TaskManager(config(resources, pool=1, max_retries=3)) as manager:
+        with Manager(config(resources, pool=1, max_retries=3)) as manager:
             created = len(resources.created)
             with pytest.raises(Unhealthy) as info:
                 manager.run_task(bad)
@@ -203,7 +200,7 @@ class TestNoRetry:
 
     def test_healthy_error_and_value(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(config(resources, pool=1)) as manager:
+        with Manager(config(resources, pool=1)) as manager:
             with pytest.raises(Healthy):
                 manager.run_task(lambda ctx, r: (_ for _ in ()).throw(Healthy()))
             assert manager.run_task(lambda ctx, r: 41 + 1) == 42
@@ -212,9 +209,10 @@ class TestNoRetry:
 class TestStop:
     """stop() waits for in-flight run_task calls; afterwards run_task is refused."""
 
-    def test_stop_waits_for_in_flight_run_task(self) -> None:
+    @pytest.mark.parametrize("pool", [pytest.param(1, id="pooled"), pytest.param(0, id="temporary")])
+    def test_stop_waits_for_in_flight_run_task(self, pool: int) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=pool))
         gate = ResourceGate()
         runner = gevent.spawn(manager.run_task, gate)
         assert gate.started.wait(5)
@@ -230,29 +228,15 @@ class TestStop:
         assert stopper.get(timeout=5) is True
         assert runner.get(timeout=5) == "gate"
         assert gate.cancelled_on_exit is False  # a graceful stop lets it finish live
-        resources.assert_all_destroyed_once()
-
-    def test_stop_waits_for_a_temporary_resource(self) -> None:
-        resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=0))
-        gate = ResourceGate()
-        runner = gevent.spawn(manager.run_task, gate)
-        assert gate.started.wait(5)
-        stopper = gevent.spawn(manager.stop)
-        gevent.idle()
-        assert not stopper.ready()
-        gate.release.set()
-        assert stopper.get(timeout=5) is True
-        assert runner.get(timeout=5) == "gate"
         assert resources.destroyed.count(gate.resource) == 1
         resources.assert_all_destroyed_once()
 
     @pytest.mark.parametrize("end", ["stop", "kill"])
     def test_run_task_after_end_raises(self, end: str) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         manager.run_task(lambda ctx, r: None)
-        gevent.idle()  # let the worker start (see test_kill_right_after_construction)
+        gevent.idle()  # let the worker start (see test_manager test_end_right_after_construction)
         getattr(manager, end)()
         calls = resources.calls
         ran: list[int] = []
@@ -269,7 +253,7 @@ class TestKill:
     @pytest.mark.parametrize("pool", [1, 0])
     def test_kill_interrupts_run_task(self, pool: int) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=pool))
+        manager: Manager = tasker.TaskManager(config(resources, pool=pool))
         gate = ResourceGate()
         runner = gevent.spawn(catching, manager.run_task, gate)
         assert gate.started.wait(5)
@@ -281,7 +265,7 @@ class TestKill:
 
     def test_kill_escalates_a_stop_waiting_for_run_task(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         gate = ResourceGate()
         runner = gevent.spawn(catching, manager.run_task, gate)
         assert gate.started.wait(5)
@@ -304,7 +288,7 @@ class TestKill:
                 proceed.wait()
             return resources.create()
 
-        manager = tasker.TaskManager(
+        manager: Manager = tasker.TaskManager(
             tasker.Config(
                 on_create=slow_create,
                 on_destroy=resources.destroy,
@@ -329,13 +313,13 @@ class TestResources:
     @pytest.mark.parametrize("pool", [0, 1])
     def test_kill_right_after_construction(self, pool: int) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=pool, worker_count=2))
+        manager: Manager = tasker.TaskManager(config(resources, pool=pool, worker_count=2))
         manager.kill()
         resources.assert_all_destroyed_once()
 
     def test_kill_from_inside_run_task(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=1))
+        manager: Manager = tasker.TaskManager(config(resources, pool=1))
         gevent.idle()
 
         def abort(ctx: tasker.Context, resource: int) -> str:
@@ -353,7 +337,7 @@ class TestResources:
 
     def test_mixed_use_destroys_each_once(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(config(resources, pool=2, worker_count=2))
+        manager: Manager = tasker.TaskManager(config(resources, pool=2, worker_count=2))
         gates = [ResourceGate() for _ in range(3)]
         runners = [gevent.spawn(manager.run_task, g) for g in gates]  # 2 pooled + 1 temporary
         for gate in gates:

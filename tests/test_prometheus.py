@@ -5,11 +5,10 @@ from __future__ import annotations
 import importlib
 import subprocess
 import sys
-from typing import Any
 
 import gevent
 import pytest
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, raising, returning
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,13 +33,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def fail_with(exc: BaseException) -> Any:
-    def task(ctx: tasker.Context, resource: int) -> None:
-        raise exc
-
-    return task
-
-
 class TestCounters:
     """Arrivals, completions, failures and retries are exported as ``*_total`` counters."""
 
@@ -48,13 +40,13 @@ class TestCounters:
         registry = CollectorRegistry()
         resources = Resources()
         collector = PrometheusCollector(registry=registry)
-        with TaskManager(resources.config(collector=collector, max_retries=1)) as manager:
+        with Manager(resources.config(collector=collector, max_retries=1)) as manager:
             for i in range(5):
-                assert manager.queue_task(lambda ctx, r, i=i: i) == i
+                assert manager.queue_task(returning(i)) == i
             with pytest.raises(Healthy):
-                manager.queue_task(fail_with(Healthy()))
+                manager.queue_task(raising(Healthy()))
             with pytest.raises(RetriesExhaustedError):
-                manager.queue_task(fail_with(Unhealthy()))
+                manager.queue_task(raising(Unhealthy()))
         samples = scrape(registry)
         assert value(samples, "tasker_tasks_arrived_total") == 7
         assert value(samples, "tasker_tasks_completed_total") == 5
@@ -69,10 +61,10 @@ class TestCounters:
         resources = Resources()
         collector = PrometheusCollector(registry=registry)
         assert isinstance(collector.inner, tasker.Collector)
-        with TaskManager(resources.config(collector=collector)) as manager:
+        with Manager(resources.config(collector=collector)) as manager:
             manager.queue_task(lambda ctx, r: None)
             with pytest.raises(Healthy):
-                manager.queue_task(fail_with(Healthy()))
+                manager.queue_task(raising(Healthy()))
             metrics = manager.metrics()
         assert metrics.total_tasks_completed == 1
         assert metrics.total_tasks_failed == 1
@@ -100,7 +92,7 @@ class TestHistograms:
         resources = Resources()
         collector = PrometheusCollector(registry=registry, clock=clock)
         config = resources.config(worker_count=1, max_worker_count=1, clock=clock, collector=collector)
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
 
         def slow(ctx: tasker.Context, resource: int) -> str:
             clock.sleep(0.3)
@@ -129,7 +121,7 @@ class TestHistograms:
         registry = CollectorRegistry()
         resources = Resources()
         collector = PrometheusCollector(registry=registry)
-        manager = TaskManager(resources.config(worker_count=1, max_worker_count=1, collector=collector))
+        manager: Manager = TaskManager(resources.config(worker_count=1, max_worker_count=1, collector=collector))
         gate = Gate()
         running, queued = manager.submit(gate), manager.submit(gate)
         gate.started.wait()
@@ -162,7 +154,7 @@ class TestStatsGauges:
         clock = FakeClock()
         resources = Resources()
         config = resources.config(worker_count=2, max_worker_count=4, resource_pool_size=1, clock=clock)
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         register_stats(manager, registry=registry)
         gate = Gate()
         replies = [manager.submit(gate) for _ in range(2)]
@@ -198,7 +190,7 @@ class TestStatsGauges:
     def test_untrack_removes_the_manager(self) -> None:
         registry = CollectorRegistry()
         resources = Resources()
-        with TaskManager(resources.config()) as manager:
+        with Manager(resources.config()) as manager:
             stats = register_stats(manager, registry=registry)
             assert ("tasker_active_workers", ()) in scrape(registry)
             stats.untrack(manager)
@@ -208,7 +200,7 @@ class TestStatsGauges:
     def test_label_names_must_match(self) -> None:
         resources = Resources()
         stats = StatsCollector(labelnames=("manager",))
-        with TaskManager(resources.config()) as manager, pytest.raises(ValueError, match="manager"):
+        with Manager(resources.config()) as manager, pytest.raises(ValueError, match="manager"):
             stats.track(manager, {"app": "x"})
 
 
@@ -221,8 +213,8 @@ class TestSeveralManagers:
         col_a = PrometheusCollector(registry=registry, labels={"manager": "a"})
         col_b = PrometheusCollector(registry=registry, labels={"manager": "b"})
         with (
-            TaskManager(res_a.config(worker_count=1, collector=col_a)) as a,
-            TaskManager(res_b.config(worker_count=3, collector=col_b)) as b,
+            Manager(res_a.config(worker_count=1, collector=col_a)) as a,
+            Manager(res_b.config(worker_count=3, collector=col_b)) as b,
         ):
             register_stats(a, registry=registry, labels={"manager": "a"})
             register_stats(b, registry=registry, labels={"manager": "b"})

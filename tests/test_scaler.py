@@ -14,7 +14,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy
+from helpers import BrokenCollector, Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health
 
 import tasker
 from tasker import TaskManager, TaskMetrics
@@ -66,7 +66,7 @@ def start(resources: Resources, clock: FakeClock, **kwargs: Any) -> TaskManager[
     kwargs.setdefault("burst_interval", INTERVAL)
     kwargs.setdefault("resource_pool_size", 0)
     kwargs.setdefault("logger", RecordingLogger())
-    manager = TaskManager(resources.config(clock=clock, **kwargs))
+    manager: Manager = TaskManager(resources.config(clock=clock, **kwargs))
     gevent.idle()  # base workers park, the scaler sleeps until t = 0.1
     return manager
 
@@ -153,7 +153,16 @@ class TestScaleUp:
 class TestDrainingBacklog:
     """A backlog that the current workers clear within one interval brings no burst worker."""
 
-    def test_no_burst_when_completions_outpace_the_backlog(self) -> None:
+    @pytest.mark.parametrize(
+        ("finished", "waiting", "burst_after"),
+        [
+            # 5 done and nothing new in this interval; 1 still waits: no new burst worker.
+            pytest.param(5, 1, 3, id="no_burst_when_completions_outpace_the_backlog"),
+            # 1 done and nothing new; 5 still wait: three more burst workers.
+            pytest.param(1, 5, 6, id="burst_when_the_backlog_outgrows_the_completions"),
+        ],
+    )
+    def test_completions_against_the_backlog(self, finished: int, waiting: int, burst_after: int) -> None:
         clock = FakeClock()
         resources = Resources()
         manager = start(resources, clock, worker_count=2, max_worker_count=8)  # step 3
@@ -161,24 +170,10 @@ class TestDrainingBacklog:
         load.add(11)
         tick(clock)
         assert burst(manager) == 3  # 5 running, 6 waiting
-        load.finish(5)  # 5 done and nothing new in this interval; 1 still waits
-        assert manager.stats().queued_tasks == 1
+        load.finish(finished)
+        assert manager.stats().queued_tasks == waiting
         tick(clock)
-        assert burst(manager) == 3
-        load.stop()
-
-    def test_burst_when_the_backlog_outgrows_the_completions(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
-        manager = start(resources, clock, worker_count=2, max_worker_count=8)
-        load = Load(manager)
-        load.add(11)
-        tick(clock)
-        assert burst(manager) == 3
-        load.finish(1)  # 1 done and nothing new; 5 still wait
-        assert manager.stats().queued_tasks == 5
-        tick(clock)
-        assert burst(manager) == 6
+        assert burst(manager) == burst_after
         load.stop()
 
 
@@ -369,12 +364,12 @@ class TestCeiling:
             max_worker_count=4,
             resource_pool_size=0,
             max_retries=0,
-            check_health=lambda exc: not isinstance(exc, Unhealthy),
+            check_health=check_health,
             burst_interval=INTERVAL,
             clock=clock,
             logger=RecordingLogger(),
         )
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         gevent.idle()
         load = Load(manager)
         load.add(1)  # one base worker stays busy
@@ -403,29 +398,6 @@ class TestCeiling:
         load.stop()
         assert final.base_workers == 3
         assert peak <= 4, f"{peak} workers with max_worker_count=4"
-
-
-class HostileCollector:
-    """A collector whose every method raises, and whose metrics() would be garbage anyway."""
-
-    def __init__(self) -> None:
-        self.metrics_calls = 0
-
-    def record_arrival(self) -> None:
-        raise RuntimeError("record_arrival is broken")
-
-    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("record_completion is broken")
-
-    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
-        raise RuntimeError("record_failure is broken")
-
-    def record_retry(self) -> None:
-        raise RuntimeError("record_retry is broken")
-
-    def metrics(self) -> Any:
-        self.metrics_calls += 1
-        raise RuntimeError("metrics is broken")
 
 
 class LyingCollector:
@@ -457,7 +429,7 @@ class TestScalerIgnoresTheCollector:
     def test_bursting_works_with_a_broken_collector(self) -> None:
         clock = FakeClock()
         resources = Resources()
-        collector = HostileCollector()
+        collector = BrokenCollector()
         logger = RecordingLogger()
         manager = start(resources, clock, worker_count=2, max_worker_count=6, collector=collector, logger=logger)
         load = Load(manager)
@@ -505,7 +477,7 @@ class TestCooldown:
         config = resources.config(
             worker_count=2, max_worker_count=12, clock=clock, burst_interval=INTERVAL, resource_pool_size=0
         )
-        manager = TaskManager(attrs.evolve(config, on_create=slow_create))
+        manager: Manager = TaskManager(attrs.evolve(config, on_create=slow_create))
         gevent.idle()
         load = Load(manager)
         load.add(2 + 4)  # two run, four wait: the first step starts four workers (step 5)

@@ -13,25 +13,13 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from helpers import Gate, Healthy, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, raising, returning
 
 import tasker
 from tasker import CancelledError, TaskKilledError, TaskManager
 from tasker.testing import FakeClock
 
-Manager = TaskManager[int, Any]
 Stamps = tasker.TaskLifecycleTimestamps
-
-
-def returning(value: Any) -> Any:
-    return lambda ctx, resource: value
-
-
-def raising(exc: BaseException) -> Any:
-    def task(ctx: tasker.Context, resource: int) -> Any:
-        raise exc
-
-    return task
 
 
 class SeedCollector:
@@ -71,7 +59,7 @@ class TestActiveWorkers:
 
     def test_idle_base_workers_are_active(self) -> None:
         res = Resources()
-        with TaskManager(res.config(worker_count=3, max_worker_count=3)) as manager:
+        with Manager(res.config(worker_count=3, max_worker_count=3)) as manager:
             stats = manager.stats()
             assert (stats.active_workers, stats.busy_workers) == (3, 0)
 
@@ -103,7 +91,7 @@ class TestCompletionRate:
         clock = FakeClock()
         res = Resources()
         collector = tasker.Collector(clock=clock)
-        with TaskManager(res.config(collector=collector, clock=clock)) as manager:
+        with Manager(res.config(collector=collector, clock=clock)) as manager:
             for _ in range(6):
                 with pytest.raises(Healthy):
                     manager.queue_task(raising(Healthy()))
@@ -117,7 +105,7 @@ class TestCompletionRate:
         clock = FakeClock()
         res = Resources()
         collector = tasker.Collector(clock=clock, window=10.0)
-        with TaskManager(res.config(collector=collector, clock=clock)) as manager:
+        with Manager(res.config(collector=collector, clock=clock)) as manager:
             for i in range(20):
                 assert manager.queue_task(returning(i)) == i
                 with pytest.raises(Healthy):
@@ -168,7 +156,7 @@ class TestRunTaskRecorded:
 
     def test_two_successful_run_task_calls_count(self) -> None:
         res = Resources()
-        with TaskManager(res.config()) as manager:
+        with Manager(res.config()) as manager:
             assert manager.run_task(returning("a")) == "a"
             assert manager.run_task(returning("b")) == "b"
             metrics = manager.metrics()
@@ -196,7 +184,7 @@ class TestRunTaskRecorded:
     def test_a_temporary_resource_that_cannot_be_made_is_a_failure(self) -> None:
         collector = SeedCollector()
         res = Resources(fail_on={3})  # calls 1 and 2 make the base worker and the pool's one
-        with TaskManager(res.config(worker_count=1, resource_pool_size=1, collector=collector)) as manager:
+        with Manager(res.config(worker_count=1, resource_pool_size=1, collector=collector)) as manager:
             gate = Gate()
             holder = gevent.spawn(manager.run_task, gate)  # takes the pooled resource
             gate.started.wait()

@@ -9,7 +9,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import AsyncResult, Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health, one_worker, the_resource
 
 import tasker
 from tasker import TaskManager
@@ -53,18 +53,6 @@ class Flaky:
         return resource
 
 
-def config(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
-    """One base worker, no bursting, no run_task pool: resource ids count the workers."""
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return resources.config(**kwargs)
-
-
-def the_resource(ctx: tasker.Context, resource: int) -> int:
-    return resource
-
-
 def advance_to(clock: FakeClock, when: float) -> None:
     clock.advance(when - clock.now())
 
@@ -80,25 +68,11 @@ def record(order: list[str], name: str) -> Callable[[tasker.Context, int], str]:
 class TestUnhealthyFailure:
     """An unhealthy failure retires the worker, destroys its resource, replaces it and redelivers."""
 
-    def test_worker_is_replaced_and_the_message_redelivered(self) -> None:
-        resources = Resources()
-        task = Flaky(1)
-        with TaskManager(config(resources)) as manager:
-            reply = manager.submit(task)
-            assert reply.get() == 2
-            assert reply.attempts == 2
-            assert task.runs == [1, 2]
-            assert resources.created == [1, 2]
-            assert resources.destroyed == [1]
-            assert manager.stats().base_workers == 1
-            assert manager.metrics().total_tasks_retried == 1
-        resources.assert_all_destroyed_once()
-
     @pytest.mark.parametrize("max_retries", [1, 2, 3, 5])
     def test_retries_exhausted_after_max_retries_redeliveries(self, max_retries: int) -> None:
         resources = Resources()
         task = Flaky(failures=100)
-        with TaskManager(config(resources, max_retries=max_retries, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, max_retries=max_retries, logger=RecordingLogger())) as manager:
             reply = manager.submit(task)
             with pytest.raises(tasker.RetriesExhaustedError) as info:
                 reply.get()
@@ -118,7 +92,7 @@ class TestUnhealthyFailure:
     def test_max_retries_zero_never_redelivers(self) -> None:
         resources = Resources()
         task = Flaky(1)
-        with TaskManager(config(resources, max_retries=0, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, max_retries=0, logger=RecordingLogger())) as manager:
             reply = manager.submit(task)
             with pytest.raises(Unhealthy) as info:
                 reply.get()
@@ -144,7 +118,7 @@ class TestUnhealthyFailure:
     def test_at_most_once_is_never_redelivered(self, variant: str) -> None:
         resources = Resources()
         task = Flaky(1)
-        with TaskManager(config(resources, max_retries=3, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, max_retries=3, logger=RecordingLogger())) as manager:
             method = getattr(manager, variant)
             if variant == "submit":
                 outcome: Any = method(task, once=True)
@@ -172,7 +146,7 @@ class TestRedeliveryOrder:
         resources = Resources()
         order: list[str] = []
         gate = Gate()
-        with TaskManager(config(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             blocker = manager.submit(gate)
             gate.started.wait()
             flaky = manager.submit(Flaky(1, "A", order), priority=priority)
@@ -197,7 +171,7 @@ class TestRedeliveryOrder:
                 raise Unhealthy("A's resource went bad")
             return "A"
 
-        with TaskManager(config(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             first = manager.submit(blocks_then_fails)
             started.wait()
             main = manager.submit(record(order, "B"))
@@ -210,22 +184,35 @@ class TestRedeliveryOrder:
 class TestRetryOutcome:
     """A message that succeeds on a later delivery returns its value, and retries are counted."""
 
-    def test_success_on_retry_returns_the_value(self) -> None:
+    @pytest.mark.parametrize(
+        "failures",
+        [
+            pytest.param(1, id="worker_is_replaced_and_the_message_redelivered"),
+            pytest.param(2, id="success_on_retry_returns_the_value"),
+        ],
+    )
+    def test_redelivered_until_it_succeeds(self, failures: int) -> None:
         resources = Resources()
-        task = Flaky(2)
-        with TaskManager(config(resources, max_retries=3)) as manager:
+        task = Flaky(failures)
+        attempts = failures + 1
+        with Manager(one_worker(resources, max_retries=3)) as manager:
             reply = manager.submit(task)
-            assert reply.get() == 3
-            assert reply.attempts == 3
+            assert reply.get() == attempts  # the resource of the worker that succeeded
+            assert reply.attempts == attempts
+            assert task.runs == list(range(1, attempts + 1))  # a fresh worker each time
+            assert resources.created == list(range(1, attempts + 1))
+            assert resources.destroyed == list(range(1, attempts))
+            assert manager.stats().base_workers == 1
             metrics = manager.metrics()
-            assert metrics.total_tasks_retried == 2
+            assert metrics.total_tasks_retried == failures
             assert metrics.total_tasks_completed == 1
             assert metrics.total_tasks_failed == 0
+        resources.assert_all_destroyed_once()
 
     def test_retries_of_several_messages_add_up(self) -> None:
         resources = Resources()
         tasks = [Flaky(1), Flaky(2), Flaky(0)]
-        with TaskManager(config(resources, worker_count=2, max_retries=3)) as manager:
+        with Manager(one_worker(resources, worker_count=2, max_retries=3)) as manager:
             replies = [manager.submit(task) for task in tasks]
             gevent.joinall(replies, raise_error=True)
             assert [r.attempts for r in replies] == [2, 3, 1]
@@ -250,7 +237,7 @@ class TestCreateBackoff:
         clock = FakeClock()
         resources = FailingResources(fail_on=set(range(2, 100)))
         logger = RecordingLogger()
-        manager = TaskManager(config(resources, clock=clock, logger=logger, max_retries=0))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=logger, max_retries=0))
         retire_the_only_worker(manager)
         assert resources.calls == 2  # the first replacement failed at t=0
         gaps = []
@@ -272,7 +259,7 @@ class TestCreateBackoff:
         clock = FakeClock()
         resources = FailingResources(fail_on=set(range(2, 7)))  # calls 2..6 fail: a streak of 5
         logger = RecordingLogger()
-        manager = TaskManager(config(resources, clock=clock, logger=logger, max_retries=0))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=logger, max_retries=0))
         retire_the_only_worker(manager)
         advance_to(clock, 0.75 + EPS)  # the tries at 0.05, 0.15, 0.35, 0.75 fail too
         assert resources.calls == 6
@@ -313,14 +300,14 @@ class TestCreateBackoff:
                 raise gevent.Timeout()
             return calls
 
-        manager = TaskManager(
+        manager: Manager = TaskManager(
             tasker.Config(
                 on_create=create,
                 worker_count=1,
                 max_worker_count=1,
                 resource_pool_size=0,
                 max_retries=0,
-                check_health=lambda exc: not isinstance(exc, Unhealthy),
+                check_health=check_health,
                 clock=clock,
                 logger=RecordingLogger(),
             )
@@ -338,7 +325,7 @@ class TestNoWorkerAlive:
         self, clock: FakeClock, resources: FailingResources, **kwargs: Any
     ) -> tuple[TaskManager[int, Any], tasker.TaskResult, Event]:
         """One worker runs a task that turns unhealthy; the returned callable lets it fail."""
-        manager = TaskManager(config(resources, clock=clock, logger=RecordingLogger(), **kwargs))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=RecordingLogger(), **kwargs))
         go = Event()
         started = Event()
 
@@ -420,7 +407,7 @@ class TestShutdownDuringBackoff:
     """stop() and kill() end, and answer every caller, while replacements keep failing."""
 
     def failing_manager(self, clock: FakeClock, resources: FailingResources) -> TaskManager[int, Any]:
-        manager = TaskManager(config(resources, clock=clock, logger=RecordingLogger(), max_retries=0))
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=RecordingLogger(), max_retries=0))
         retire_the_only_worker(manager)
         assert resources.calls == 2 and manager.stats().base_workers == 0
         return manager

@@ -9,22 +9,10 @@ import gevent
 import pytest
 from gevent.event import Event
 from greenlet import getcurrent
-from helpers import Gate, Healthy, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealthy, one_worker, the_resource
 
 import tasker
 from tasker import TaskManager
-
-
-def one_worker(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
-    """One base worker, no bursting, no run_task pool: resource ids are the worker's."""
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return resources.config(**kwargs)
-
-
-def the_resource(ctx: tasker.Context, resource: int) -> int:
-    return resource
 
 
 class TestOneResourceForLife:
@@ -32,7 +20,7 @@ class TestOneResourceForLife:
 
     def test_every_task_sees_the_same_resource(self) -> None:
         resources = Resources()
-        with TaskManager(one_worker(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             seen = [manager.queue_task(the_resource) for _ in range(20)]
             assert resources.destroyed == []
         assert seen == [1] * 20
@@ -47,7 +35,7 @@ class TestOneResourceForLife:
             gevent.sleep(0)  # let the other workers take messages too
             seen.append((getcurrent(), resource))
 
-        with TaskManager(one_worker(resources, worker_count=3)) as manager:
+        with Manager(one_worker(resources, worker_count=3)) as manager:
             replies = [manager.submit(record) for _ in range(60)]
             gevent.joinall(replies, raise_error=True)
             workers = {w.greenlet: w.resource for w in manager._supervisor.workers.values()}
@@ -66,7 +54,7 @@ class TestOneTaskAtATime:
         resources = Resources()
         gate = Gate()
         second_ran = Event()
-        with TaskManager(one_worker(resources)) as manager:
+        with Manager(one_worker(resources)) as manager:
             first = manager.submit(gate)
             second = manager.submit(lambda ctx, r: second_ran.set())
             gate.started.wait()
@@ -96,7 +84,7 @@ class TestOneTaskAtATime:
                 gevent.sleep(0)
             in_use.discard(resource)
 
-        with TaskManager(one_worker(resources, worker_count=3)) as manager:
+        with Manager(one_worker(resources, worker_count=3)) as manager:
             gevent.joinall([manager.submit(use) for _ in range(50)], raise_error=True)
         assert overlaps == []
         assert peak == 3  # the three workers did run side by side
@@ -105,42 +93,32 @@ class TestOneTaskAtATime:
 class TestHealthyErrors:
     """A healthy failure goes back to the caller as is, and the worker keeps its resource."""
 
-    def test_healthy_error_keeps_the_worker(self) -> None:
+    @pytest.mark.parametrize(
+        ("overrides", "error_type", "message", "times"),
+        [
+            pytest.param({}, Healthy, "an ordinary task error", 1, id="healthy_error_keeps_the_worker"),
+            pytest.param(
+                {"check_health": None},
+                Unhealthy,
+                "would be unhealthy if anyone checked",
+                3,
+                id="without_check_health_every_error_is_healthy",
+            ),
+        ],
+    )
+    def test_the_worker_keeps_its_resource(
+        self, overrides: dict[str, Any], error_type: type[Exception], message: str, times: int
+    ) -> None:
         resources = Resources()
-        error = Healthy("an ordinary task error")
+        error = error_type(message)
 
         def fail(ctx: tasker.Context, resource: int) -> None:
             raise error
 
-        with TaskManager(one_worker(resources)) as manager:
-            reply = manager.submit(fail)
-            with pytest.raises(Healthy) as info:
-                reply.get()
-            assert info.value is error
-            assert reply.attempts == 1
-            assert manager.queue_task(the_resource) == 1
-            assert resources.created == [1]
-            assert resources.destroyed == []
-            assert manager.metrics().total_tasks_retried == 0
-
-    def test_without_check_health_every_error_is_healthy(self) -> None:
-        resources = Resources()
-        config = tasker.Config(
-            on_create=resources.create,
-            on_destroy=resources.destroy,
-            worker_count=1,
-            max_worker_count=1,
-            resource_pool_size=0,
-        )
-        error = Unhealthy("would be unhealthy if anyone checked")
-
-        def fail(ctx: tasker.Context, resource: int) -> None:
-            raise error
-
-        with TaskManager(config) as manager:
-            for _ in range(3):
+        with Manager(one_worker(resources, **overrides)) as manager:
+            for _ in range(times):
                 reply = manager.submit(fail)
-                with pytest.raises(Unhealthy) as info:
+                with pytest.raises(error_type) as info:
                     reply.get()
                 assert info.value is error
                 assert reply.attempts == 1
@@ -165,7 +143,7 @@ class TestHealthyErrors:
             return resource
 
         config = one_worker(resources, check_health=broken_check, logger=logger)
-        with TaskManager(config) as manager:
+        with Manager(config) as manager:
             reply = manager.submit(fail_once)
             assert reply.get() == 2  # redelivered to a replacement worker
             assert reply.attempts == 2
@@ -176,7 +154,8 @@ class TestHealthyErrors:
 
 
 def raise_timeout() -> BaseException:
-    return gevent.Timeout()
+    timeout: BaseException = gevent.Timeout()
+    return timeout
 
 
 def armed_timeout() -> BaseException:
@@ -185,12 +164,13 @@ def armed_timeout() -> BaseException:
         with gevent.Timeout(0.001):
             Event().wait()
     except gevent.Timeout as fired:
-        return fired
+        return fired  # type: ignore[no-any-return]  # gevent ships no stubs
     raise AssertionError("the timeout did not fire")
 
 
 def greenlet_exit() -> BaseException:
-    return gevent.GreenletExit()
+    exit_: BaseException = gevent.GreenletExit()
+    return exit_
 
 
 class TestTaskRaisesBaseException:
@@ -217,7 +197,7 @@ class TestTaskRaisesBaseException:
             originals.append(exc)
             raise exc
 
-        with TaskManager(one_worker(resources, logger=logger)) as manager:
+        with Manager(one_worker(resources, logger=logger)) as manager:
             reply = manager.submit(task)
             with pytest.raises(expected) as info:
                 reply.get()
@@ -244,7 +224,7 @@ class TestTaskRaisesBaseException:
         def exit_task(ctx: tasker.Context, resource: int) -> None:
             raise gevent.GreenletExit
 
-        with TaskManager(one_worker(resources, logger=RecordingLogger())) as manager:
+        with Manager(one_worker(resources, logger=RecordingLogger())) as manager:
             with pytest.raises(tasker.TaskTimeoutError) as info:
                 manager.queue_task(task)
             assert info.value.__cause__ is timeout
@@ -271,7 +251,7 @@ class TestResourceDestroyedOnExit:
             max_worker_count=3,
             resource_pool_size=0,
         )
-        manager = TaskManager(config)
+        manager: Manager = TaskManager(config)
         gevent.joinall([manager.submit(the_resource) for _ in range(10)], raise_error=True)
         owners = {w.resource: w.greenlet for w in manager._supervisor.workers.values()}
         assert resources.destroyed == []
@@ -282,7 +262,7 @@ class TestResourceDestroyedOnExit:
     def test_kill_destroys_the_resource_of_a_busy_worker(self) -> None:
         resources = Resources()
         gate = Gate()
-        manager = TaskManager(one_worker(resources))
+        manager: Manager = TaskManager(one_worker(resources))
         reply = manager.submit(gate)
         gate.started.wait()
         manager.kill()
@@ -314,7 +294,7 @@ class TestResourceDestroyedOnExit:
             resource_pool_size=0,
             logger=RecordingLogger(),
         )
-        with TaskManager(config) as manager:
+        with Manager(config) as manager:
             with pytest.raises(tasker.TaskKilledError):
                 manager.queue_task(broken)
             assert manager.queue_task(the_resource) == 2

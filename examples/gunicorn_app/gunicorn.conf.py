@@ -5,9 +5,13 @@ The hooks make the manager after the fork and stop it before the worker exits, w
 SIGKILLs workers still alive after that).
 """
 
+from __future__ import annotations
+
 import signal
 import sys
 import time
+from types import FrameType
+from typing import Any
 
 bind = "127.0.0.1:8000"
 worker_class = "gevent"
@@ -19,7 +23,7 @@ STOP_MARGIN = 1.0  # seconds kept for closing connections and exiting after the 
 _shutdown_began: float | None = None
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Any) -> None:  # gunicorn ships no types
     """In the worker process, after the fork, gevent's monkey-patching and loading app.py."""
     import app
 
@@ -29,7 +33,7 @@ def post_worker_init(worker):
     # the manager may only use what is left of graceful_timeout after that.
     previous = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum, frame):
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         global _shutdown_began
         if _shutdown_began is None:
             _shutdown_began = time.monotonic()
@@ -39,7 +43,7 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     """In the worker process once it stopped serving (the master calls it too, rarely)."""
     app = sys.modules.get("app")
     if app is None:  # the master, reaping a worker that vanished: nothing of ours here
