@@ -184,11 +184,11 @@ class Scene:
             self.gates.append(gate)
             self.replies.append(manager.submit(gate))
         for i in range(3):
-            self.replies.append(manager.submit(lambda ctx, r, i=i: i))
+            self.replies.append(manager.submit(_returning(i)))
         for i in range(2):
             box: list[Any] = []
             self.callbacks.append(box)
-            manager.queue_task_with_callback(lambda ctx, r, i=i: i, lambda result, error, box=box: box.append(1))
+            manager.queue_task_with_callback(_returning(i), _counting(box))
         gate = Gate()
         self.gates.append(gate)
         self.runs.append(gevent.spawn(manager.run_task, gate))
@@ -270,6 +270,14 @@ class _Logger:
         self._at("logger")
 
     debug = info = warning = error = _log
+
+
+def _returning(value: int) -> Callable[[tasker.Context, int], int]:
+    return lambda ctx, resource: value
+
+
+def _counting(box: list[Any]) -> Callable[[Any, BaseException | None], None]:
+    return lambda result, error: box.append(1)
 
 
 def _unhealthy(ctx: tasker.Context, resource: int) -> None:

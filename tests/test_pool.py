@@ -333,7 +333,7 @@ class TestResources:
             resources.assert_all_destroyed_once()
         finally:
             if not manager._finished.is_set():
-                manager._teardown()  # let the leftover check pass; the bug is asserted above
+                manager._teardown(manager._deadline())  # let the leftover check pass; the bug is asserted above
 
     def test_mixed_use_destroys_each_once(self) -> None:
         resources = Resources()

@@ -105,7 +105,7 @@ class TestFromAnotherThread:
         for shutdown in ("stop", "kill"):
             res = Resources()
             manager: Manager = TaskManager(res.config(worker_count=2))
-            replies = [manager.submit(lambda ctx, r, i=i: i) for i in range(10)]
+            replies = [manager.submit(whose_thread) for _ in range(10)]
             in_thread(kind, getattr(manager, shutdown))
             assert all(r.ready() for r in replies)
             assert manager._finished.is_set()
