@@ -30,9 +30,12 @@ from ._errors import (
     TaskKilledError,
     TaskTimeoutError,
 )
+from ._keys import KeyLimits
 from ._manager import TaskManager
 from ._message import TaskResult
 from ._metrics import Collector
+from ._ratelimit import RateLimit
+from ._retry import RetryPolicy
 from ._types import Logger, MetricsCollector, Tasker, TaskLifecycleTimestamps, TaskMetrics, TaskStats
 
 __all__ = [
@@ -41,13 +44,16 @@ __all__ = [
     "Collector",
     "Config",
     "Context",
+    "KeyLimits",
     "Logger",
     "ManagerStoppedError",
     "MetricsCollector",
     "MonotonicClock",
     "QueueFullError",
+    "RateLimit",
     "ResourceCreationError",
     "RetriesExhaustedError",
+    "RetryPolicy",
     "TaskKilledError",
     "TaskLifecycleTimestamps",
     "TaskManager",
