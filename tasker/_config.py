@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
 import attrs
 
 from ._clock import Clock
 from ._context import Context
+from ._keys import KeyLimits
+from ._ratelimit import RateLimit
+from ._retry import RetryPolicy
 from ._types import Logger, MetricsCollector
 
 __all__ = ["Config", "seconds_ok"]
@@ -68,6 +71,14 @@ def _instance(kind: type, what: str) -> Callable[[Any, attrs.Attribute[Any], Any
             raise TypeError(f"Config.{attr.name} must be {what} or None, got {value!r}")
 
     return check
+
+
+def _key_limits(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"Config.key_limits must be a mapping of key to tasker.KeyLimits, got {value!r}")
+    for key, limits in value.items():
+        if not isinstance(limits, KeyLimits):
+            raise TypeError(f"Config.key_limits[{key!r}] must be a tasker.KeyLimits, got {limits!r}")
 
 
 def _has_methods(*names: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
@@ -136,6 +147,17 @@ class Config(Generic[R]):
     """Seconds ``kill()`` (and a ``stop()`` once it has drained or escalated) waits for the user
     code it interrupted and for ``on_destroy`` calls to end before it gives up on them and
     returns; None waits as long as they take."""
+
+    key_concurrency: int | None = attrs.field(default=None, validator=_int(1, optional=True))
+    """Messages of one key (``submit(..., key=...)``) in flight at once; None: unlimited."""
+    key_rate: RateLimit | None = attrs.field(default=None, validator=_instance(RateLimit, "a tasker.RateLimit"))
+    """Token-bucket rate of each key's dispatches; None: unlimited."""
+    key_limits: Mapping[Hashable, KeyLimits] = attrs.field(factory=dict, validator=_key_limits, hash=False)
+    """Per-key overrides of ``key_concurrency`` and ``key_rate``."""
+    rate_limit: RateLimit | None = attrs.field(default=None, validator=_instance(RateLimit, "a tasker.RateLimit"))
+    """Token-bucket rate of all dispatches together; None: unlimited."""
+    retry: RetryPolicy | None = attrs.field(default=None, validator=_instance(RetryPolicy, "a tasker.RetryPolicy"))
+    """Retries of transient (healthy) failures, for every submission; None: none."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_worker_count is not None and self.max_worker_count < self.worker_count:

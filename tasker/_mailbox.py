@@ -14,26 +14,39 @@ room on a FIFO of gevent waiters, each woken when a message leaves the lane (a
 redelivered message goes in regardless, so a lane can briefly hold one more per
 redelivery: the supervisor never blocks).
 
-Withdrawing a queued message (``cancel()``) is O(1) however deep the lane: each lane
-keeps its messages in order in a deque and the ones still queued in a dict (a dict
-rather than a set: the garbage collector walks its dense entries, not a sparse table
-that never shrinks). A withdrawn message leaves the dict at once (so every count is exact) and stays in the deque as a
-tombstone that ``take`` skips; when tombstones outnumber the queued messages the deque
-is rebuilt without them, so memory stays proportional to what is queued.
+Withdrawing a queued message (``cancel()``) is O(1) however deep the lane: a lane is a
+:class:`~tasker._fifo.Fifo` (a deque with tombstones and a dict of what is still queued).
+
+**Gated dispatch** (keys, rate limits, retry delays): the first keyed message, a global
+rate limit or a retry delay switches the mailbox to its gated paths; until then ``put``
+and ``take`` cost one check more than plain lanes. Gated, the lanes still hold only
+messages a worker may run at once: a keyed message enters its lane only with a slot of
+its key (see ``_keys``), and waits in its key's backlog otherwise, blocking no other
+key. A worker holds its message's slot until it comes back to ``take`` (or the
+supervisor reaps it), so "in flight" means exactly "a worker is on it". A global rate
+limit is checked when a worker takes a message: with no token the worker parks and one
+timer hands the lane's head to a parked worker when the next token is due. A message
+waiting out a retry backoff sits in ``delayed`` with its timer, then re-enters at the
+head of its lane (or of its key's backlog). Backlogged and delayed messages count in
+their lane's size (``max_size``, ``len``), and while the manager closes, workers stay
+parked rather than exit as long as any of them remains.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.hub import Waiter
 
-from ._clock import Clock
+from ._clock import Clock, TimerHandle
 from ._errors import QueueFullError
+from ._fifo import Fifo
+from ._keys import KeyLimits, KeyTable
 from ._message import TaskResult
+from ._ratelimit import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -43,50 +56,24 @@ __all__ = ["RETIRE", "Lane", "Mailbox"]
 RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
 
 
-_COMPACT_MIN = 64  # tombstones a lane may hold before it is worth rebuilding
+class Lane(Fifo):
+    """One FIFO lane of eligible messages, with the submitters waiting for room in it.
 
-
-class Lane:
-    """One FIFO lane of messages, with the submitters waiting for room in it.
-
-    ``len`` and iteration see only the messages still queued, oldest first.
+    ``len`` and iteration see only the eligible messages, oldest first; ``size()``
+    adds the lane's messages waiting for their key (``blocked``) or a retry
+    (``delayed``).
     """
 
-    __slots__ = ("dead", "items", "live", "waiters")
+    __slots__ = ("blocked", "delayed", "waiters")
 
     def __init__(self) -> None:
-        self.items: deque[TaskResult] = deque()  # queued messages in order, and tombstones
-        self.live: dict[TaskResult, None] = {}  # the messages still queued (as keys)
-        self.dead = 0  # tombstones in ``items``: withdrawn messages not yet skipped
+        super().__init__()
+        self.blocked = 0  # messages of this lane waiting in a key's backlog
+        self.delayed = 0  # messages of this lane waiting out a retry backoff
         self.waiters: deque[Waiter] = deque()
 
-    def __len__(self) -> int:
-        return len(self.live)
-
-    def __iter__(self) -> Iterator[TaskResult]:
-        live = self.live
-        return (msg for msg in self.items if msg in live)
-
-    def withdraw(self, msg: TaskResult) -> bool:
-        """Leave ``msg`` behind as a tombstone; False if it is not queued here."""
-        live = self.live
-        if msg not in live:
-            return False
-        del live[msg]
-        self.dead += 1
-        if not live:
-            self.items.clear()
-            self.dead = 0
-        elif self.dead > _COMPACT_MIN and self.dead > len(live):
-            # Amortized O(1): at least half of what is rebuilt was tombstones.
-            self.items = deque(m for m in self.items if m in live)
-            self.dead = 0
-        return True
-
-    def clear(self) -> None:
-        self.items.clear()
-        self.live.clear()
-        self.dead = 0
+    def size(self) -> int:
+        return len(self.live) + self.blocked + self.delayed
 
 
 class Mailbox:
@@ -97,15 +84,29 @@ class Mailbox:
         "_now",
         "_run_callback",
         "_switch_to_hub",
+        "_throttle_timer",
         "closing",
+        "delayed",
+        "gated",
         "idle",
         "idle_burst",
+        "keys",
         "main",
         "max_size",
         "priority",
+        "throttle",
     )
 
-    def __init__(self, max_size: int | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        max_size: int | None,
+        clock: Clock,
+        *,
+        key_concurrency: int | None = None,
+        key_rate: RateLimit | None = None,
+        key_limits: Mapping[Hashable, KeyLimits] | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
         hub = gevent.get_hub()
         self._run_callback = hub.loop.run_callback
         self._switch_to_hub = hub.switch
@@ -117,13 +118,24 @@ class Mailbox:
         self.idle_burst: list[Worker] = []  # parked burst workers, LIFO; used only when no base worker is idle
         self.max_size = max_size
         self.closing = False  # draining or killed: workers exit instead of parking
+        self.keys = KeyTable(key_concurrency, key_rate, key_limits or {}, clock, self._admitted)
+        self.throttle = None if rate_limit is None else TokenBucket(rate_limit, clock.now())
+        self._throttle_timer: TimerHandle | None = None
+        self.delayed: dict[TaskResult, TimerHandle] = {}  # waiting out a retry backoff
+        self.gated = self.throttle is not None  # the gated paths are in use
 
     def __len__(self) -> int:
+        return self.main.size() + self.priority.size()
+
+    def eligible(self) -> int:
+        """Messages a worker could take now (the scaler's backlog)."""
         return len(self.main.live) + len(self.priority.live)
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
-        if self.idle or self.idle_burst:
+        if msg._key is not None or self.throttle is not None:
+            self._put_gated(msg, front)
+        elif self.idle or self.idle_burst:
             worker = self.idle.pop() if self.idle else self.idle_burst.pop()
             worker.current = msg
             self._run_callback(worker.greenlet.switch, msg)
@@ -137,6 +149,8 @@ class Mailbox:
 
     def take(self, worker: Worker) -> TaskResult | None:
         """The worker's next message, parking it while there is none; None: exit."""
+        if self.gated:
+            return self._take_gated(worker)
         while True:
             lane = self.priority if self.priority.live else self.main
             live = lane.live
@@ -149,27 +163,153 @@ class Mailbox:
                 del live[msg]
                 if lane.waiters:
                     self._wake_one(lane)
-                return msg
+                return msg  # type: ignore[no-any-return]
             if self.closing:
                 return None
-            worker.idle_since = self._now()
-            stack = self.idle_burst if worker.burst else self.idle
-            stack.append(worker)
-            try:
-                woken = self._switch_to_hub()
-            except BaseException:
-                # Killed or timed out while parked (a timer a task left behind): leave the
-                # stack at once so nothing is handed to a dead greenlet. A message already
-                # handed over stays ``worker.current`` for the supervisor to redeliver.
-                if worker in stack:
-                    stack.remove(worker)
-                worker.died_parked = True
-                raise
+            woken = self._park(worker)
             if woken is RETIRE:
                 return None
             if woken is not None:
                 return woken  # type: ignore[no-any-return]
             # None: woken to look again (the manager is closing)
+
+    def _park(self, worker: Worker) -> Any:
+        """Park the worker on its stack until something wakes it; what it was woken with."""
+        worker.idle_since = self._now()
+        stack = self.idle_burst if worker.burst else self.idle
+        stack.append(worker)
+        try:
+            return self._switch_to_hub()
+        except BaseException:
+            # Killed or timed out while parked (a timer a task left behind): leave the
+            # stack at once so nothing is handed to a dead greenlet. A message already
+            # handed over stays ``worker.current`` for the supervisor to redeliver.
+            if worker in stack:
+                stack.remove(worker)
+            worker.died_parked = True
+            raise
+
+    # -- gated dispatch: keys, the global rate limit, retry delays --------------------
+
+    def _put_gated(self, msg: TaskResult, front: bool) -> None:
+        self.gated = True
+        if msg._key is not None and not self.keys.arrive(msg, front):
+            (self.priority if msg._priority else self.main).blocked += 1
+            return
+        self._ready(msg, front)
+
+    def _ready(self, msg: TaskResult, front: bool = False) -> bool:
+        """An eligible message: to a parked worker if the rate allows, else to its lane.
+
+        Returns True if it was handed to a worker.
+        """
+        if (self.idle or self.idle_burst) and (self.throttle is None or self.throttle.take(self._now())):
+            self._hand(self.idle.pop() if self.idle else self.idle_burst.pop(), msg)
+            return True
+        lane = self.priority if msg._priority else self.main
+        if front:
+            lane.appendleft(msg)
+        else:
+            lane.append(msg)
+        if self.throttle is not None and (self.idle or self.idle_burst):
+            self._await_token()
+        return False
+
+    def _hand(self, worker: Worker, msg: TaskResult) -> None:
+        if msg._key is not None:
+            worker.keyed = msg
+            self.keys.dispatched(msg)
+        worker.current = msg
+        self._run_callback(worker.greenlet.switch, msg)
+
+    def _admitted(self, msg: TaskResult) -> None:
+        """The key table moved ``msg`` from its key's backlog: it is eligible now."""
+        lane = self.priority if msg._priority else self.main
+        lane.blocked -= 1
+        if self._ready(msg):
+            if lane.waiters:
+                self._wake_one(lane)
+            self._settle()
+
+    def _take_gated(self, worker: Worker) -> TaskResult | None:
+        held = worker.keyed
+        if held is not None:  # done with its last message: its key's slot is free
+            worker.keyed = None
+            self.keys.release(held)
+        while True:
+            lane = self.priority if self.priority.live else self.main
+            if lane.live and (self.throttle is None or self.throttle.take(self._now())):
+                msg: TaskResult = lane.popleft()
+                if lane.waiters:
+                    self._wake_one(lane)
+                if msg._key is not None:
+                    worker.keyed = msg
+                    self.keys.dispatched(msg)
+                self._settle()
+                return msg
+            if lane.live:
+                self._await_token()
+            elif self.closing and not len(self):
+                return None
+            woken = self._park(worker)
+            if woken is RETIRE:
+                return None
+            if woken is not None:
+                return woken  # type: ignore[no-any-return]
+
+    def _await_token(self) -> None:
+        """Arm the one timer that hands out the global rate's next token."""
+        if self._throttle_timer is None and self.throttle is not None:
+            self._throttle_timer = self._call_later(self.throttle.wait(self._now()), self._on_token)
+
+    def _on_token(self) -> None:
+        self._throttle_timer = None
+        throttle = self.throttle
+        assert throttle is not None
+        while self.idle or self.idle_burst:
+            lane = self.priority if self.priority.live else self.main
+            if not lane.live:
+                return
+            if not throttle.take(self._now()):
+                self._await_token()
+                return
+            msg = lane.popleft()
+            if lane.waiters:
+                self._wake_one(lane)
+            self._hand(self.idle.pop() if self.idle else self.idle_burst.pop(), msg)
+            self._settle()
+
+    def _settle(self) -> None:
+        """Closing and nothing left: the parked workers may exit now."""
+        if self.closing and not len(self) and (self.idle or self.idle_burst):
+            idle, self.idle, self.idle_burst = self.idle + self.idle_burst, [], []
+            for worker in idle:
+                self._run_callback(worker.greenlet.switch, None)
+
+    def release(self, worker: Worker) -> None:
+        """The worker ended (the supervisor reaps it): free its message's key slot."""
+        held = worker.keyed
+        if held is not None:
+            worker.keyed = None
+            self.keys.release(held)
+
+    def delay(self, msg: TaskResult, seconds: float) -> None:
+        """Keep ``msg`` out of reach for ``seconds``, then put it back at the head of its lane."""
+        self.gated = True
+        (self.priority if msg._priority else self.main).delayed += 1
+        self.delayed[msg] = self._call_later(seconds, self._undelay, msg)
+
+    def _undelay(self, msg: TaskResult) -> None:
+        if self.delayed.pop(msg, None) is None:
+            return
+        (self.priority if msg._priority else self.main).delayed -= 1
+        self._put_gated(msg, front=True)
+
+    def key_in_flight(self, top: int) -> tuple[tuple[Hashable, int], ...]:
+        """The ``top`` keys with the most messages in flight, most first."""
+        return self.keys.in_flight(top)
+
+    # -- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
         """From now on workers exit when the lanes are empty; wake everyone waiting."""
@@ -197,19 +337,39 @@ class Mailbox:
         return end
 
     def remove(self, msg: TaskResult) -> bool:
-        """Withdraw a queued message in O(1); False if it is not queued."""
+        """Withdraw a waiting message in O(1); False if it is not waiting."""
         lane = self.priority if msg._priority else self.main
-        if not lane.withdraw(msg):
+        if lane.withdraw(msg):
+            if msg._key is not None:
+                self.keys.unqueue(msg)
+        elif msg._key is not None and self.keys.withdraw(msg):
+            lane.blocked -= 1
+        elif msg in self.delayed:
+            self.delayed.pop(msg).cancel()
+            lane.delayed -= 1
+        else:
             return False
         if lane.waiters:
             self._wake_one(lane)
+        if self.gated:
+            self._settle()
         return True
 
     def drain(self) -> list[TaskResult]:
-        """Take every queued message out, priority first; the room goes to waiting submitters."""
-        msgs = [*self.priority, *self.main]
+        """Take every waiting message out, priority first; the room goes to waiting submitters."""
+        blocked_priority, blocked_main = self.keys.drain()
+        delayed = list(self.delayed)
+        for timer in self.delayed.values():
+            timer.cancel()
+        self.delayed.clear()
+        if self._throttle_timer is not None:
+            self._throttle_timer.cancel()
+            self._throttle_timer = None
+        msgs = [*self.priority, *blocked_priority, *(m for m in delayed if m._priority)]
+        msgs += [*self.main, *blocked_main, *(m for m in delayed if not m._priority)]
         for lane in (self.priority, self.main):
             lane.clear()
+            lane.blocked = lane.delayed = 0
             while lane.waiters:
                 self._wake_one(lane)
         return msgs
@@ -224,7 +384,7 @@ class Mailbox:
         lane = self.priority if priority else self.main
         max_size = self.max_size
         assert max_size is not None
-        if len(lane.live) < max_size or self.closing:
+        if lane.size() < max_size or self.closing:
             return
         name = "priority" if priority else "main"
         if not block:
@@ -244,7 +404,7 @@ class Mailbox:
         timer = self._call_later(timeout, expire) if timeout is not None else None
         enter = lane.waiters.append
         try:
-            while len(lane.live) >= max_size and not self.closing:
+            while lane.size() >= max_size and not self.closing:
                 if expired:
                     raise QueueFullError(f"no room in the {name} lane within {timeout} s")
                 enter(waiter)
@@ -266,7 +426,7 @@ class Mailbox:
             lane.waiters.remove(waiter)
         except ValueError:
             # We were woken as we gave up: pass the room on so it is not lost.
-            if len(lane.live) < (self.max_size or 0) and lane.waiters:
+            if lane.size() < (self.max_size or 0) and lane.waiters:
                 self._wake_one(lane)
 
     def _wake_one(self, lane: Lane) -> None:

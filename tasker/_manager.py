@@ -13,7 +13,7 @@ workers race.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import gevent
@@ -24,11 +24,19 @@ from ._batch import imap_unordered, map_ordered
 from ._clock import Clock, MonotonicClock
 from ._config import Config, seconds_ok
 from ._context import Context
-from ._errors import CancelledError, ManagerStoppedError, ResourceCreationError, TaskKilledError, TaskTimeoutError
+from ._errors import (
+    CancelledError,
+    ManagerStoppedError,
+    ResourceCreationError,
+    RetriesExhaustedError,
+    TaskKilledError,
+    TaskTimeoutError,
+)
 from ._mailbox import Mailbox
 from ._message import Interrupt, TaskResult
 from ._metrics import Collector
 from ._pool import ResourcePool
+from ._retry import RetryPolicy
 from ._scaler import Scaler
 from ._supervisor import Supervisor
 from ._threads import ThreadTaskResult, call_in_hub, get_ident
@@ -54,6 +62,15 @@ def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and not seconds_ok(timeout):
         raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {timeout!r}")
+
+
+def _check_key(key: Any, retry: Any) -> None:
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(f"key must be hashable, got {key!r}") from None
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a tasker.RetryPolicy or None, got {retry!r}")
 
 
 def _check_flags(**flags: Any) -> None:
@@ -118,7 +135,16 @@ class TaskManager(SeedVariants[R, E]):
         self._destroyer: gevent.Greenlet | None = None  # destroys the pool's resources at teardown
         self._resumer: gevent.Greenlet | None = None  # finishes a shutdown whose caller was killed
         self._ending: set[Any] = set()  # greenlets shutdown has killed: their GreenletExit is ours
-        self._mailbox = Mailbox(config.max_queue_size, self._clock)
+        self._record_transient_retry = getattr(self._collector, "record_transient_retry", None)  # optional
+        self._retry = config.retry
+        self._mailbox = Mailbox(
+            config.max_queue_size,
+            self._clock,
+            key_concurrency=config.key_concurrency,
+            key_rate=config.key_rate,
+            key_limits=config.key_limits,
+            rate_limit=config.rate_limit,
+        )
         self._supervisor = Supervisor(self)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
         made: list[Any] = []
@@ -155,6 +181,8 @@ class TaskManager(SeedVariants[R, E]):
         once: bool = False,
         timeout: float | None = None,
         block: bool = True,
+        key: Hashable | None = None,
+        retry: RetryPolicy | None = None,
     ) -> TaskResult:
         """Queue ``task`` and return its reply at once; the primitive under every variant.
 
@@ -166,15 +194,23 @@ class TaskManager(SeedVariants[R, E]):
                 with a bounded queue the longest wait for room.
             block: with a bounded queue, False raises ``QueueFullError`` at once when
                 the lane is full.
+            key: a hashable (a host...): at most ``Config.key_concurrency`` messages of
+                one key run at once, at ``Config.key_rate``; a message whose key is at
+                its limit waits without holding back other keys.
+            retry: the transient retry policy of this submission (default
+                ``Config.retry``; ``RetryPolicy(attempts=0)``: none).
 
         Raises:
-            TypeError: ``task`` is not a task. ValueError: a bad ``timeout``.
+            TypeError: ``task`` is not a task, ``key`` is not hashable, ``retry`` is not
+                a ``RetryPolicy``. ValueError: a bad ``timeout``.
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
             QueueFullError: no room in a bounded lane.
         """
         if get_ident() != self._thread:
-            return self._submit_from_thread(task, priority, once, timeout, block)
+            return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
         fn = task if callable(task) else _task_fn(task)
+        if key is not None or retry is not None:
+            _check_key(key, retry)
         if priority.__class__ is not bool or once.__class__ is not bool or block.__class__ is not bool:
             _check_flags(priority=priority, once=once, block=block)
         if timeout is None:
@@ -187,16 +223,24 @@ class TaskManager(SeedVariants[R, E]):
         if mailbox.max_size is not None:
             mailbox.wait_for_room(priority, block, timeout)
             self._check_accepting()
-        msg = TaskResult(self, fn, priority, once, timeout, self._now())
+        msg = TaskResult(self, fn, priority, once, timeout, self._now(), key, retry)
         self._arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
         self._record_arrival()
         return msg
 
     def _submit_from_thread(
-        self, task: Task[R, E], priority: bool, once: bool, timeout: float | None, block: bool
+        self,
+        task: Task[R, E],
+        priority: bool,
+        once: bool,
+        timeout: float | None,
+        block: bool,
+        key: Hashable | None,
+        retry: RetryPolicy | None,
     ) -> TaskResult:
-        reply = call_in_hub(self._hub, self.submit, task, priority=priority, once=once, timeout=timeout, block=block)
+        flags = {"priority": priority, "once": once, "timeout": timeout, "block": block, "key": key, "retry": retry}
+        reply = call_in_hub(self._hub, self.submit, task, **flags)
         reply.__class__ = ThreadTaskResult  # same layout; its waits keep this thread's loop alive
         return reply  # type: ignore[no-any-return]
 
@@ -666,6 +710,33 @@ class TaskManager(SeedVariants[R, E]):
         except BaseException as error:
             self._survive(error)
             self._log("error", "tasker: collector.record_retry raised %r", error)
+
+    def _retry_later(self, msg: TaskResult, exc: BaseException) -> bool:
+        """A healthy failure: retry it after a backoff if its policy says so (True if
+        the message is dealt with: delayed, or answered with ``RetriesExhaustedError``)."""
+        policy = msg._retry or self._retry
+        if policy is None or msg._once or self._killing or msg.ready():
+            return False
+        if (msg._ctx is not None and msg._ctx.cancelled) or not policy.retries(exc):
+            return False  # cancel() while it ran: not retried
+        if msg._retries >= policy.attempts:
+            if not msg._retries:
+                return False  # attempts=0: the caller gets its own error
+            self._finish(msg, RetriesExhaustedError(msg._attempts, exc))
+            return True
+        delay = policy.delay(exc, msg._retries)
+        if delay is None:  # a retry_after hint longer than the policy waits
+            return False
+        msg._retries += 1
+        msg._ctx = None  # a cancel() while it waits must find it in the mailbox, not a stale context
+        self._mailbox.delay(msg, delay)
+        if self._record_transient_retry is not None:
+            try:
+                self._record_transient_retry()
+            except BaseException as error:
+                self._survive(error)
+                self._log("error", "tasker: collector.record_transient_retry raised %r", error)
+        return True
 
     def _cancel(self, msg: TaskResult) -> bool:
         if get_ident() != self._thread:

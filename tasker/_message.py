@@ -10,7 +10,7 @@ it ready and leaves it alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from gevent.event import AsyncResult
@@ -19,6 +19,7 @@ from ._context import Context
 
 if TYPE_CHECKING:
     from ._manager import TaskManager
+    from ._retry import RetryPolicy
 
 __all__ = ["Interrupt", "TaskResult"]
 
@@ -34,10 +35,13 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         "_attempts",
         "_ctx",
         "_fn",
+        "_key",
         "_manager",
         "_once",
         "_priority",
         "_queued_at",
+        "_retries",
+        "_retry",
         "_started_at",
         "_timeout",
     )
@@ -50,6 +54,8 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         once: bool,
         timeout: float | None,
         queued_at: float,
+        key: Hashable | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         AsyncResult.__init__(self)
         self._manager = manager
@@ -61,6 +67,9 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         self._started_at: float | None = None
         self._attempts = 0
         self._ctx: Context | None = None
+        self._key = key
+        self._retry = retry
+        self._retries = 0  # transient retries so far (RetryPolicy)
 
     def cancel(self) -> bool:
         """Withdraw the submission.
@@ -77,6 +86,16 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     def attempts(self) -> int:
         """How many times the task has been delivered to a worker so far."""
         return self._attempts
+
+    @property
+    def key(self) -> Hashable | None:
+        """The submission's key (``submit(..., key=...)``), or None."""
+        return self._key
+
+    @property
+    def retries(self) -> int:
+        """Transient retries so far (by the retry policy; not unhealthy redeliveries)."""
+        return self._retries
 
 
 class Interrupt(BaseException):

@@ -68,7 +68,7 @@ class Scaler:
         done, self._done = manager._done - self._done, manager._done
         if manager._killing:
             return
-        backlog = len(mailbox)
+        backlog = mailbox.eligible()  # not the messages waiting for their key, a token or a retry
         if backlog and not (mailbox.idle or mailbox.idle_burst) and (arrived >= done or backlog > done):
             room = self._max - len(supervisor.workers) - supervisor.pending_restarts
             # Workers still creating their resource will take part of the backlog:

@@ -118,6 +118,7 @@ class Supervisor:
             worker.starting = False
             self.starting -= 1
         manager = self._manager
+        manager._mailbox.release(worker)  # before any redelivery: its key slot is free
         outcome = greenlet.value if greenlet.successful() else None
         if not isinstance(outcome, Exit):
             outcome = Exit("crashed", greenlet.exception)
@@ -158,7 +159,7 @@ class Supervisor:
         worker.current = None
         if msg.ready():  # timed out or cancelled while it ran
             return
-        redeliveries = msg._attempts - 1
+        redeliveries = msg._attempts - 1 - msg._retries  # transient retries are not redeliveries
         if not msg._once and redeliveries < manager._config.max_retries:
             manager._redeliver(msg)
         elif redeliveries:

@@ -54,6 +54,7 @@ class Worker:
         "greenlet",
         "idle_since",
         "in_task",
+        "keyed",
         "manager",
         "resource",
         "starting",
@@ -69,6 +70,7 @@ class Worker:
         self.starting = False  # counted in Supervisor.starting until its resource exists
         self.died_parked = False  # an exception reached it while parked in the mailbox
         self.destroying = False  # inside on_destroy: kill() waits for it, never interrupts it
+        self.keyed: TaskResult | None = None  # a keyed message whose key slot it holds (the mailbox's)
         self.greenlet = gevent.Greenlet(self._main)
 
     @property
@@ -149,6 +151,8 @@ class Worker:
             self.current = None
             # A task that gave up because its context was cancelled was cancelled, not failed.
             cancelled = isinstance(exc, CancelledError) and msg._ctx is not None and msg._ctx.cancelled
+            if not cancelled and manager._retry_later(msg, exc):
+                return None
             manager._finish(msg, exc, cancelled=cancelled)
             return None
         return Exit("unhealthy", exc, msg)
