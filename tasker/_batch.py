@@ -25,16 +25,19 @@ if TYPE_CHECKING:
 __all__ = ["imap_unordered", "map_ordered"]
 
 ItemFn = Callable[[Context, Any, Any], Any]
+KeyFn = Callable[[Any], Any] | None  # item -> its submission's key
 
 
 def _bind(fn: ItemFn, item: Any) -> Callable[[Context, Any], Any]:
     return lambda ctx, resource: fn(ctx, resource, item)
 
 
-def _checked(fn: ItemFn, items: Iterable[Any]) -> Iterator[Any]:
+def _checked(fn: ItemFn, items: Iterable[Any], key: KeyFn) -> Iterator[Any]:
     """Refuse a bad ``fn`` or ``items`` at the call, before any item is read."""
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(ctx, resource, item), got {fn!r}")
+    if key is not None and not callable(key):
+        raise TypeError(f"key must be None or callable as key(item), got {key!r}")
     return iter(items)
 
 
@@ -54,14 +57,16 @@ def map_ordered(
     priority: bool,
     limit: int,
     return_exceptions: bool,
+    key: KeyFn = None,
 ) -> Iterator[Any]:
-    source = _checked(fn, items)
+    source = _checked(fn, items, key)
     pending: deque[TaskResult] = deque()
 
     def run() -> Iterator[Any]:
         try:
             for item in source:
-                pending.append(manager.submit(_bind(fn, item), priority=priority))
+                item_key = None if key is None else key(item)
+                pending.append(manager.submit(_bind(fn, item), priority=priority, key=item_key))
                 if len(pending) >= limit:
                     yield _outcome(pending.popleft(), return_exceptions)
             while pending:
@@ -80,8 +85,9 @@ def imap_unordered(
     priority: bool,
     limit: int,
     return_exceptions: bool,
+    key: KeyFn = None,
 ) -> Iterator[Any]:
-    source = _checked(fn, items)
+    source = _checked(fn, items, key)
     in_flight: dict[TaskResult, None] = {}  # in submission order, for the cleanup
     finished: SimpleQueue[TaskResult] = SimpleQueue()
     done = finished.put  # one bound method, linked to every reply and unlinked at the end
@@ -96,7 +102,8 @@ def imap_unordered(
                     except StopIteration:
                         exhausted = True
                         break
-                    reply = manager.submit(_bind(fn, item), priority=priority)
+                    item_key = None if key is None else key(item)
+                    reply = manager.submit(_bind(fn, item), priority=priority, key=item_key)
                     in_flight[reply] = None
                     reply.rawlink(done)
                 if not in_flight:

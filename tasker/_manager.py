@@ -49,6 +49,8 @@ __all__ = ["TaskManager"]
 R = TypeVar("R")
 E = TypeVar("E")
 
+TOP_KEYS = 10  # keys listed in TaskStats.key_in_flight
+
 
 def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
     if callable(task):
@@ -309,15 +311,17 @@ class TaskManager(SeedVariants[R, E]):
         priority: bool = False,
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
+        key: Callable[[Any], Hashable] | None = None,
     ) -> Iterator[E | BaseException]:
         """Run ``fn(ctx, resource, item)`` for each item; yield the results in input order.
 
         At most ``max_in_flight`` items (default ``2 * max_worker_count``) are read
         ahead. An item's exception is raised at its place (the items still in flight
         are then cancelled), or yielded there with ``return_exceptions=True``.
+        ``key(item)``, if given, is the key of each item's submission (``submit(key=)``).
         """
         self._refuse_other_thread("map")
-        return map_ordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)
+        return map_ordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions, key)
 
     def imap_unordered(
         self,
@@ -327,10 +331,11 @@ class TaskManager(SeedVariants[R, E]):
         priority: bool = False,
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
+        key: Callable[[Any], Hashable] | None = None,
     ) -> Iterator[E | BaseException]:
         """As :meth:`map`, yielding each result as soon as it is ready."""
         self._refuse_other_thread("imap_unordered")
-        return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)
+        return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions, key)
 
     def _refuse_other_thread(self, name: str) -> None:
         if get_ident() != self._thread:  # its iterator waits on gevent queues of the manager's thread
@@ -363,11 +368,14 @@ class TaskManager(SeedVariants[R, E]):
             base_workers=base,
             active_workers=base + burst,
             burst_workers=burst,
-            queued_tasks=len(mailbox.main),
-            priority_tasks=len(mailbox.priority),
+            queued_tasks=len(mailbox.main) + mailbox.main.blocked,
+            priority_tasks=len(mailbox.priority) + mailbox.priority.blocked,
             available_resources=self._pool.available,
             blocked_submitters=mailbox.blocked_submitters(),
             busy_workers=busy,
+            delayed_tasks=mailbox.main.delayed + mailbox.priority.delayed,
+            key_waiting_tasks=mailbox.main.blocked + mailbox.priority.blocked,
+            key_in_flight=mailbox.key_in_flight(TOP_KEYS),
         )
 
     def metrics(self) -> TaskMetrics:

@@ -116,6 +116,7 @@ class Collector:
         self._failed = 0
         self._cancelled = 0
         self._retried = 0
+        self._transient = 0
         self._pending: list[TaskLifecycleTimestamps] = []  # completions not folded in yet
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
@@ -130,6 +131,9 @@ class Collector:
 
     def record_retry(self) -> None:
         self._retried += 1
+
+    def record_transient_retry(self) -> None:
+        self._transient += 1
 
     def record_failure(self, stamps: TaskLifecycleTimestamps) -> None:
         self._failed += 1
@@ -216,4 +220,5 @@ class Collector:
             success_rate=completed / terminal if terminal else 0.0,
             failure_rate=self._failed / terminal if terminal else 0.0,
             total_tasks_cancelled=self._cancelled,
+            total_transient_retries=self._transient,
         )

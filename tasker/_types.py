@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -49,15 +50,23 @@ class TaskStats:
     burst_workers: int
     """Extra workers started by the scaler under load."""
     queued_tasks: int
-    """Messages waiting in the main lane."""
+    """Messages waiting in the main lane (those waiting for their key included)."""
     priority_tasks: int
-    """Messages waiting in the priority lane."""
+    """Messages waiting in the priority lane (those waiting for their key included)."""
     available_resources: int
     """Free resources in the ``run_task`` pool."""
     blocked_submitters: int = 0
     """Submitters waiting for room in a bounded lane (``Config.max_queue_size``)."""
     busy_workers: int = 0
     """Workers running a task right now (an extension; ``active_workers - busy_workers`` are idle)."""
+    delayed_tasks: int = 0
+    """Messages waiting out a retry backoff (``RetryPolicy``); not in ``queued_tasks``."""
+    key_waiting_tasks: int = 0
+    """Of ``queued_tasks + priority_tasks``, the messages waiting for a slot or a rate token
+    of their key."""
+    key_in_flight: tuple[tuple[Hashable, int], ...] = ()
+    """The keys with the most messages in flight (handed to a worker), most first, as
+    ``(key, count)``: the top ``TOP_KEYS`` (10) only, so the snapshot stays small."""
 
 
 @attrs.frozen
@@ -94,6 +103,10 @@ class TaskMetrics:
     total_tasks_cancelled: int = 0
     """Tasks withdrawn by ``cancel()``, a cancelled context or ``kill()`` (an extension;
     counted by collectors that have ``record_cancellation``)."""
+    total_transient_retries: int = 0
+    """Retries of healthy failures by a ``RetryPolicy``, after a backoff (an extension;
+    counted by collectors that have ``record_transient_retry``). Unhealthy redeliveries
+    are ``total_tasks_retried``."""
 
 
 @runtime_checkable
@@ -122,7 +135,9 @@ class MetricsCollector(Protocol):
     The seed's four record methods and ``metrics``. A collector may also define
     ``record_cancellation(stamps)``: the manager looks it up once, when it starts, and
     calls it for a task that was cancelled or killed. A collector without it is not told
-    of those tasks at all (they are neither completions nor failures).
+    of those tasks at all (they are neither completions nor failures). Likewise
+    ``record_transient_retry()``, called when a ``RetryPolicy`` schedules a retry of a
+    healthy failure (``record_retry`` is only for unhealthy redeliveries).
     """
 
     def record_arrival(self) -> None:

@@ -211,6 +211,7 @@ class TestFrozenValues:
             "success_rate",
             "failure_rate",
             "total_tasks_cancelled",
+            "total_transient_retries",
         }
         assert {f.name for f in attrs.fields(tasker.TaskMetrics)} == expected
 

@@ -17,6 +17,7 @@ Exported names, with the default ``namespace="tasker"``::
     tasker_tasks_failed_total             counter    tasks that failed for good
     tasker_tasks_cancelled_total          counter    tasks cancelled or dropped by kill()
     tasker_tasks_retried_total            counter    redeliveries after unhealthy failures
+    tasker_transient_retries_total        counter    retries of healthy failures (RetryPolicy)
     tasker_task_execution_seconds         histogram  start to finish of tasks that succeeded
     tasker_task_wait_seconds              histogram  queueing to start, of tasks that succeeded
     tasker_workers{kind="base"|"burst"}   gauge      live workers
@@ -25,6 +26,9 @@ Exported names, with the default ``namespace="tasker"``::
     tasker_queued_tasks{lane="main"|"priority"}  gauge  messages waiting
     tasker_available_resources            gauge      free resources in the run_task pool
     tasker_blocked_submitters             gauge      submitters waiting for room
+    tasker_delayed_tasks                  gauge      messages waiting out a retry backoff
+    tasker_key_waiting_tasks              gauge      queued messages waiting for their key
+    tasker_key_in_flight{key=...}         gauge      in-flight messages of the top 10 keys
 
 Several managers can share one registry: give each its own ``labels`` (the same label
 names for all of them, e.g. ``{"manager": "fetch"}`` and ``{"manager": "parse"}``);
@@ -89,6 +93,7 @@ class _Families:
         self.failed = counter("tasks_failed", "Tasks that failed for good (not cancelled ones).")
         self.cancelled = counter("tasks_cancelled", "Tasks cancelled, or dropped or interrupted by kill().")
         self.retried = counter("tasks_retried", "Redeliveries after unhealthy failures.")
+        self.transient = counter("transient_retries", "Retries of healthy failures by a RetryPolicy.")
         self.execution = histogram("task_execution_seconds", "Seconds from start to finish of successful tasks.")
         self.wait = histogram("task_wait_seconds", "Seconds from queueing to start, of the tasks that succeeded.")
 
@@ -142,6 +147,7 @@ class PrometheusCollector:
             self._failed = families.failed.labels(**labels)
             self._cancelled = families.cancelled.labels(**labels)
             self._retried = families.retried.labels(**labels)
+            self._transient = families.transient.labels(**labels)
             self._execution = families.execution.labels(**labels)
             self._wait = families.wait.labels(**labels)
         else:
@@ -150,6 +156,7 @@ class PrometheusCollector:
             self._failed = families.failed
             self._cancelled = families.cancelled
             self._retried = families.retried
+            self._transient = families.transient
             self._execution = families.execution
             self._wait = families.wait
 
@@ -181,6 +188,12 @@ class PrometheusCollector:
     def record_retry(self) -> None:
         self._retried.inc()
         self._inner.record_retry()
+
+    def record_transient_retry(self) -> None:
+        self._transient.inc()
+        forward = getattr(self._inner, "record_transient_retry", None)
+        if forward is not None:
+            forward()
 
     def metrics(self) -> TaskMetrics:
         return self._inner.metrics()
@@ -231,6 +244,15 @@ class StatsCollector:
             "blocked": GaugeMetricFamily(
                 f"{ns}_blocked_submitters", "Submitters waiting for room in a bounded lane.", labels=names
             ),
+            "delayed": GaugeMetricFamily(
+                f"{ns}_delayed_tasks", "Messages waiting out a retry backoff.", labels=names
+            ),
+            "key_waiting": GaugeMetricFamily(
+                f"{ns}_key_waiting_tasks", "Queued messages waiting for a slot or token of their key.", labels=names
+            ),
+            "key_in_flight": GaugeMetricFamily(
+                f"{ns}_key_in_flight", "In-flight messages of the busiest keys (top 10).", labels=(*names, "key")
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -250,6 +272,10 @@ class StatsCollector:
             families["queued"].add_metric([*values, "priority"], stats.priority_tasks)
             families["available"].add_metric(list(values), stats.available_resources)
             families["blocked"].add_metric(list(values), stats.blocked_submitters)
+            families["delayed"].add_metric(list(values), stats.delayed_tasks)
+            families["key_waiting"].add_metric(list(values), stats.key_waiting_tasks)
+            for key, count in stats.key_in_flight:
+                families["key_in_flight"].add_metric([*values, str(key)], count)
         return iter(families.values())
 
 
