@@ -161,20 +161,26 @@ class KeyTable:
 
     def dispatched(self, msg: Any) -> None:
         """A message that held a slot left its lane for a worker."""
-        key = self._keys[msg._key]
+        key = self._keys.get(msg._key)
+        if key is None:  # drained (kill): nothing to account for any more
+            return
         key.queued -= 1
         if key.bucket is not None and key is not self._admitting:
             self._admit(key)  # its lane may take the key's next message now
 
     def release(self, msg: Any) -> None:
         """A worker is done with a message that held a slot: the slot is free."""
-        key = self._keys[msg._key]
+        key = self._keys.get(msg._key)
+        if key is None:
+            return
         key.held -= 1
         self._admit(key)
 
     def unqueue(self, msg: Any) -> None:
         """A message that held a slot was withdrawn from its lane before it ran."""
-        key = self._keys[msg._key]
+        key = self._keys.get(msg._key)
+        if key is None:
+            return
         key.held -= 1
         key.queued -= 1
         self._admit(key)

@@ -598,6 +598,8 @@ class TaskManager(SeedVariants[R, E]):
         of their own, so no interrupt of the caller cuts an ``on_destroy`` short.
         """
         self._tearing_down = True
+        for msg in self._mailbox.drain():  # none after a drain; this drops key records and timers
+            self._finish(msg, TaskKilledError("dropped at teardown"), cancelled=True)
         me = getcurrent()
         self._supervisor.close()
         if self._scaler is not None:

@@ -6,6 +6,10 @@ yield, block on a gate or wait for their context), run_task calls, gate releases
 cancels, clock advances, injected faults (on_create, on_destroy, logger, collector,
 callbacks), parent-context cancel, stop(), kill() and kill during stop.
 
+The "keyed" family adds keyed submissions under per-key concurrency limits, per-key and
+global rate limits, and transient failures retried by a RetryPolicy after a backoff
+(some with a ``retry_after`` hint), with a bounded queue or not.
+
 After every step: no reply was resolved twice, every resolved reply is an outcome the
 task and the schedule allow, and stats(), the collector and the live resources agree
 with what the tasks did. At the end: every reply was resolved exactly once (callbacks
@@ -140,6 +144,15 @@ class Factory:
         return set(self.created) - set(self.destroyed)
 
 
+class Transient(Exception):
+    """A healthy failure the keyed family's RetryPolicy retries (a 503)."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__("transient")
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
 class Custom(BaseException):
     """A BaseException that is neither Exception nor one of gevent's."""
 
@@ -219,6 +232,8 @@ class FlakyLogger(Hostile):
 
 KINDS = ("value", "healthy", "unhealthy", "flaky", "yield", "gate", "cooperative")
 RUN_TASK_KINDS = ("value", "healthy", "unhealthy", "yield", "gate")
+KEYED_KINDS = ("value", "healthy", "flaky", "yield", "gate", "transient", "transient-always")
+KEYS = ("a", "b", "c")
 
 
 class Probe:
@@ -227,7 +242,9 @@ class Probe:
     value: returns; healthy: raises Healthy; unhealthy: raises Unhealthy every time;
     flaky: Unhealthy on its first run, then returns; yield: gevent.sleep(0) then
     returns; gate: blocks until released; cooperative: waits for its context to be
-    cancelled, then raises CancelledError from ctx.check().
+    cancelled, then raises CancelledError from ctx.check(); transient: Transient (a
+    healthy error the retry policy retries; with a retry_after hint for odd values) on
+    its first run, then returns; transient-always: Transient on every run.
     """
 
     def __init__(self, kind: str, value: int, priority: bool = False, once: bool = False) -> None:
@@ -236,6 +253,7 @@ class Probe:
         self.priority = priority
         self.once = once
         self.timeout: float | None = None
+        self.key: str | None = None
         self.gate = Event()
         self.entries = 0
         self.running = 0
@@ -258,6 +276,8 @@ class Probe:
             if kind == "unhealthy" or (kind == "flaky" and self.entries == 1):
                 self.unhealthy += 1
                 self._raise(Unhealthy(self.value))
+            if kind == "transient-always" or (kind == "transient" and self.entries == 1):
+                self._raise(Transient(0.3 if self.value % 2 else None))
             if kind == "yield":
                 gevent.sleep(0)
             elif kind == "gate":
@@ -298,7 +318,7 @@ assert len(VARIANTS) == 13
 
 FAULTS = ("create", "slow create", "destroy", "logger", "collector")
 LIFECYCLE_AFTER = 10  # steps before stop/kill/parent cancel may happen: work piles up first
-FAMILIES = ("plain", "bounded", "parent", "faults")
+FAMILIES = ("plain", "bounded", "parent", "faults", "keyed")
 
 
 class Tally:
@@ -371,6 +391,28 @@ class ManagerMachine(RuleBasedStateMachine):
         if family == "parent" or (family == "faults" and data.draw(st.booleans(), label="parent ctx")):
             self.parent = tasker.Context()
         self.end_with_kill = data.draw(st.booleans(), label="end with kill")
+        self.key_limit: int | None = None
+        self.retry_attempts = 0
+        keyed: dict[str, Any] = {}
+        if family == "keyed":
+            queue = data.draw(st.none() | st.integers(1, 3), label="max_queue_size")
+            self.key_limit = data.draw(st.integers(1, 2), label="key_concurrency")
+            self.retry_attempts = data.draw(st.integers(1, 2), label="retry attempts")
+            keyed = {
+                "key_concurrency": self.key_limit,
+                "key_rate": data.draw(
+                    st.none() | st.builds(tasker.RateLimit, st.sampled_from([2.0, 5.0]), st.integers(1, 2)),
+                    label="key_rate",
+                ),
+                "rate_limit": data.draw(st.none() | st.just(tasker.RateLimit(10.0, 2)), label="rate_limit"),
+                "key_limits": data.draw(
+                    st.sampled_from([{}, {"c": tasker.KeyLimits(concurrency=3)}]), label="key_limits"
+                ),
+                "retry": tasker.RetryPolicy(
+                    retry_on=(Transient,), attempts=self.retry_attempts, base_delay=0.1, max_delay=1.0,
+                    random=lambda: 0.5,
+                ),
+            }
         self.clock = FakeClock()
         self.logger = FlakyLogger()
         self.collector = FlakyCollector(self.clock)
@@ -391,6 +433,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 logger=self.logger,
                 collector=self.collector,
                 clock=self.clock,
+                **keyed,
             )
 
         if family == "faults":
@@ -427,8 +470,8 @@ class ManagerMachine(RuleBasedStateMachine):
     def _lane_full(self, priority: bool) -> bool:
         if self.queue is None:
             return False
-        stats = self.m.stats()
-        return (stats.priority_tasks if priority else stats.queued_tasks) >= self.queue
+        mailbox = self.m._mailbox
+        return (mailbox.priority if priority else mailbox.main).size() >= self.queue  # delayed ones count
 
     @staticmethod
     def _call(fn: Callable[[], Any]) -> tuple[str, Any]:
@@ -502,6 +545,33 @@ class ManagerMachine(RuleBasedStateMachine):
             assert isinstance(out, TaskResult)
             assert out._fn is probe
             self.async_replies.append(out)
+
+    @precondition(lambda self: self.family == "keyed")
+    @rule(
+        kind=st.sampled_from(KEYED_KINDS),
+        key=st.sampled_from(KEYS),
+        priority=st.booleans(),
+        once=st.booleans(),
+        count=st.integers(1, 4),
+    )
+    def submit_keyed(self, kind: str, key: str, priority: bool, once: bool, count: int) -> None:
+        """Several messages of one key: the ones over its limit wait in place."""
+        for _ in range(count):
+            probe = self._probe(kind, priority, once)
+            probe.key = key
+
+            def call(probe: Probe = probe) -> Any:
+                return self.m.submit(probe, key=probe.key, priority=probe.priority, once=probe.once)
+
+            if self.closing:
+                with pytest.raises(ManagerStoppedError):
+                    call()
+                continue
+            self.probes.append(probe)
+            if self._lane_full(priority):
+                self.submitters.append((probe, gevent.spawn(self._call, call)))
+            else:
+                self.async_replies.append(call())
 
     @rule(kind=st.sampled_from(RUN_TASK_KINDS))
     def run_task(self, kind: str) -> None:
@@ -645,15 +715,24 @@ class ManagerMachine(RuleBasedStateMachine):
         """A resolved reply is one the task and the schedule allow."""
         probe: Probe = msg._fn
         assert msg.attempts == probe.entries, (msg.attempts, probe.entries)
-        assert msg.attempts <= (1 if probe.once else self.max_retries + 1)
+        assert msg.attempts <= (1 if probe.once else self.max_retries + 1 + msg.retries)
+        assert msg.retries <= (0 if probe.once else self.retry_attempts)
         if msg.successful():
             assert msg.value == probe.value and probe.entries >= 1, (msg.value, probe.kind)
-            assert probe.kind not in ("healthy", "unhealthy", "cooperative"), probe.kind
-            assert probe.kind != "flaky" or probe.entries >= 2
+            assert probe.kind not in ("healthy", "unhealthy", "cooperative", "transient-always"), probe.kind
+            assert probe.kind not in ("flaky", "transient") or probe.entries >= 2
             return
         exc = msg.exception
         if isinstance(exc, (Healthy, CancelledError)) and any(exc is e for e in probe.raised):
             assert probe.kind in ("healthy", "cooperative")
+        elif isinstance(exc, Transient):
+            assert any(exc is e for e in probe.raised)
+            # Not retried: at most once, cancelled while it ran, or it failed while kill() ran.
+            assert probe.once or msg in self.cancelled or self.m._killing, (msg.retries, probe.kind)
+        elif isinstance(exc, RetriesExhaustedError) and isinstance(exc.cause, Transient):
+            assert probe.kind == "transient-always" and not probe.once
+            assert msg.retries == self.retry_attempts and exc.attempts == msg.attempts
+            assert exc.__cause__ is probe.raised[-1]
         elif isinstance(exc, Unhealthy):
             assert any(exc is e for e in probe.raised)
             # Never redelivered: at most once, no retries, or it failed while kill() ran.
@@ -714,7 +793,7 @@ class ManagerMachine(RuleBasedStateMachine):
             c.cancelled - withdrawn - run_withdrawn,
         )
         assert min(extra) >= 0 and sum(extra) <= in_flight, (extra, in_flight)
-        low = sum(msg.attempts - 1 for msg in msgs)
+        low = sum(msg.attempts - 1 - msg.retries for msg in msgs)
         high = sum(min(msg._fn.unhealthy, self.max_retries) for msg in msgs if not msg._fn.once)
         assert low <= c.retried <= high, (low, c.retried, high)
         # stats() never negative and matches what the probes see.
@@ -733,7 +812,9 @@ class ManagerMachine(RuleBasedStateMachine):
         assert stats.active_workers == stats.base_workers + stats.burst_workers
         assert stats.base_workers <= self.worker_count
         assert stats.base_workers + stats.burst_workers <= self.max_workers
-        pending = [msg for msg in msgs if not msg.ready() and not msg._fn.running]
+        delayed = m._mailbox.delayed
+        assert stats.delayed_tasks == len(delayed) and all(not msg.ready() for msg in delayed)
+        pending = [msg for msg in msgs if not msg.ready() and not msg._fn.running and msg not in delayed]
         assert stats.priority_tasks == sum(1 for msg in pending if msg._priority), (stats, pending)
         assert stats.queued_tasks == sum(1 for msg in pending if not msg._priority), (stats, pending)
         for lane in (m._mailbox.main, m._mailbox.priority):
@@ -743,9 +824,16 @@ class ManagerMachine(RuleBasedStateMachine):
         assert stats.blocked_submitters == waiting_for_room, (stats, waiting_for_room)
         running_in_workers = sum(p.running for p in self.probes)
         assert stats.busy_workers == running_in_workers
+        # Never more than a key's limit in flight, at any instant.
+        for key in KEYS:
+            limit = 3 if key == "c" and m._config.key_limits else self.key_limit
+            running = sum(p.running for p in self.probes if p.key == key)
+            assert limit is None or running <= limit, (key, running, limit)
+            assert running <= dict(stats.key_in_flight).get(key, 0)
         pooled_in_use = sum(1 for p in self.run_probes if p.running and p.resources[-1] in self.pool_ids)
         if m._finished.is_set():
             assert stats == tasker.TaskStats(0, 0, 0, 0, 0, 0, 0, 0), stats
+            assert len(m._mailbox.keys) == 0, "a key record outlived the manager"
         else:
             assert stats.available_resources == self.pool_size - pooled_in_use
         # Every live resource is held by a worker, the pool or a running run_task.
