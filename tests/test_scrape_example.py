@@ -20,13 +20,14 @@ def summary(stdout: str) -> dict[str, str]:
 
 
 class TestScrapeExample:
-    """A 300-page scrape: resets replace sessions, retries succeed, important 503s go priority."""
+    """A 300-page scrape over 3 hosts: per-host limits hold, resets replace sessions, 503s are retried."""
 
     def test_small_scrape(self) -> None:
-        pages, workers, max_workers, max_retries = 300, 4, 16, 2
+        pages, workers, max_workers, max_retries, per_host = 300, 4, 16, 2, 3
         done = run(
             f"--pages={pages}", f"--workers={workers}", f"--max-workers={max_workers}",
-            f"--max-retries={max_retries}", "--slow-ms=20",
+            f"--max-retries={max_retries}", "--slow-ms=20", "--hosts=3", f"--per-host={per_host}",
+            "--retry-after=0",
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stderr == ""
@@ -35,18 +36,19 @@ class TestScrapeExample:
         broken = [p for p in range(pages) if p % 100 == 57]
         flaky = [p for p in range(pages) if p % 10 == 3]
         overloaded = [p for p in range(pages) if p % 20 == 11]
-        important = [p for p in overloaded if p % 3 == 0]
-        failed = len(broken) + len(overloaded) - len(important)
+        failed = len(broken)
         assert int(result["pages"]) == pages
         assert int(result["ok"]) == pages - failed
         assert int(result["failed"]) == failed
         assert int(result["retries exhausted"]) == len(broken)
-        assert int(result["http errors"]) == len(overloaded) - len(important)
+        assert int(result["http errors"]) == 0  # every 503 was retried after its Retry-After
         resets = len(flaky) + len(broken) * (max_retries + 1)
         assert int(result["connection resets"]) == int(result["unhealthy failures"]) == resets
         assert int(result["redeliveries"]) == len(flaky) + len(broken) * max_retries
-        assert int(result["priority resubmissions"]) == len(important)
-        assert int(result["most main-lane pages overtaken by a priority retry"]) > 0
+        assert int(result["transient retries"]) == len(overloaded)
+        # Measured by the servers: never over the limit (most pages take well under 1 ms,
+        # so reaching it exactly depends on the schedule).
+        assert 1 < int(result["peak in flight on one host"]) <= per_host
         created = int(result["sessions created"])
         assert created == int(result["sessions destroyed"])
         assert created > workers  # broken sessions were replaced
