@@ -172,6 +172,8 @@ class Mailbox:
             if woken is not None:
                 return woken  # type: ignore[no-any-return]
             # None: woken to look again (the manager is closing)
+            if self.gated:  # gated since it parked: delayed or key-blocked messages may remain
+                return self._take_gated(worker)
 
     def _park(self, worker: Worker) -> Any:
         """Park the worker on its stack until something wakes it; what it was woken with."""
@@ -221,15 +223,14 @@ class Mailbox:
             self.keys.dispatched(msg)
         worker.current = msg
         self._run_callback(worker.greenlet.switch, msg)
+        self._settle()  # it may have been the last one: the other parked workers may go
 
     def _admitted(self, msg: TaskResult) -> None:
         """The key table moved ``msg`` from its key's backlog: it is eligible now."""
         lane = self.priority if msg._priority else self.main
         lane.blocked -= 1
-        if self._ready(msg):
-            if lane.waiters:
-                self._wake_one(lane)
-            self._settle()
+        if self._ready(msg) and lane.waiters:
+            self._wake_one(lane)
 
     def _take_gated(self, worker: Worker) -> TaskResult | None:
         held = worker.keyed
@@ -277,7 +278,6 @@ class Mailbox:
             if lane.waiters:
                 self._wake_one(lane)
             self._hand(self.idle.pop() if self.idle else self.idle_burst.pop(), msg)
-            self._settle()
 
     def _settle(self) -> None:
         """Closing and nothing left: the parked workers may exit now."""

@@ -325,6 +325,20 @@ class TestWaitingMessagesAreQueuedMessages:
         run_until(clock, stopper.ready)
         assert stopper.value is True and reply.get() == "late" and clock.now() >= 3.0
 
+    @pytest.mark.parametrize("workers", [1, 3])
+    def test_every_parked_worker_exits_once_the_last_delayed_message_is_handed_out(self, workers: int) -> None:
+        """Closing, parked workers wait for delayed messages; the last hand-out lets them go."""
+        clock, resources = FakeClock(), Resources()
+        m = manager_on(clock, resources, worker_count=workers)
+        reply = self.delayed(m, clock, delay=3.0)
+        stopper = gevent.spawn(m.stop)
+        clock.advance(2.0)
+        assert len(m._supervisor.workers) == workers and not stopper.ready()  # parked, not gone
+        clock.advance(1.0)
+        stopper.join()
+        assert stopper.value is True and reply.get() == "late"
+        resources.assert_all_destroyed_once()
+
     def test_stop_timeout_shorter_than_the_delay_kills_it(self) -> None:
         clock, resources = FakeClock(), Resources()
         m = manager_on(clock, resources)

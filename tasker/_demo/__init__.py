@@ -12,7 +12,11 @@ A :class:`~tasker.TaskManager` fetches every URL. Each worker owns one keep-aliv
 - a reset is a connection error, which ``check_health`` calls *unhealthy*: the
   supervisor retires the worker, a fresh connection replaces it and the fetch is
   retried (``retried`` in the metrics);
-- a 503 is a *healthy* failure: the connection is fine, the caller gets the error;
+- a 503 (with ``Retry-After: 1``) is a *healthy*, transient failure: the connection
+  is fine; the manager's ``RetryPolicy`` retries the fetch after the server's delay on
+  any worker, holding none meanwhile (``transient retries`` in the metrics, ``delayed``
+  in the status line); a URL that answers 503 three times in a row gives its caller
+  ``RetriesExhaustedError``;
 - every 20th URL goes on the priority lane, every 50th is a callback submission;
 - URLs arrive in waves, ``--rate`` per second on average: each wave is more than the
   base workers can fetch quickly, so the scaler starts burst workers (up to

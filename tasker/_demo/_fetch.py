@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .. import TaskResult
     from ._shutdown import Shutdown
 
-__all__ = ["Connections", "Fetch", "HTTPStatusError", "Tally", "outcome", "produce", "submit"]
+__all__ = ["Connections", "Fetch", "HTTPStatusError", "Tally", "outcome", "produce", "submit", "transient"]
 
 PRIORITY_EVERY = 20  # URL i goes on the priority lane when i % 20 == 0
 CALLBACK_EVERY = 50  # URL i is a callback submission when i % 50 == 25
@@ -37,11 +37,21 @@ CALLBACK_EVERY = 50  # URL i is a callback submission when i % 50 == 25
 
 
 class HTTPStatusError(Exception):
-    """The server answered, but not with 200: a healthy failure."""
+    """The server answered, but not with 200: a healthy failure.
 
-    def __init__(self, status: int, path: str) -> None:
+    ``retry_after`` is the server's ``Retry-After`` in seconds (None without one): the
+    delay hint that :class:`~tasker.RetryPolicy` honours.
+    """
+
+    def __init__(self, status: int, path: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status} for {path}")
         self.status = status
+        self.retry_after = retry_after
+
+
+def transient(exc: BaseException) -> bool:
+    """The demo's retry predicate: a 429 or 503 is worth trying again later."""
+    return isinstance(exc, HTTPStatusError) and exc.status in (429, 503)
 
 
 class Connections:
@@ -86,7 +96,8 @@ class Fetch:
         response = connection.getresponse()
         body = response.read()  # read it all, so the connection can be reused
         if response.status != 200:
-            raise HTTPStatusError(response.status, self.path)
+            header = response.getheader("Retry-After") or ""
+            raise HTTPStatusError(response.status, self.path, float(header) if header.isdigit() else None)
         return len(body)
 
 

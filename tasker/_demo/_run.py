@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import attrs
 import gevent
 
-from .. import Collector, Config, TaskManager
-from ._fetch import Connections, Tally, produce
+from .. import Collector, Config, RetryPolicy, TaskManager
+from ._fetch import Connections, Tally, produce, transient
 from ._shutdown import Shutdown
 from ._site import HOST, Site, serve
 from ._view import LEGEND, Peak, show_status, status_line, summary
@@ -83,6 +83,8 @@ def fetch_all(opts: Options, display: Display, site: Site, connections: Connecti
         max_worker_count=opts.max_workers,
         resource_pool_size=0,  # no run_task here: open no connections for its pool
         collector=Collector(window=2.0),  # rates over the last 2 s, for a lively status
+        # A 503 is retried after its Retry-After, holding no worker meanwhile; twice at most.
+        retry=RetryPolicy(retry_on=transient, attempts=2, base_delay=0.2),
     )
     start = time.monotonic()
     manager: TaskManager[HTTPConnection, int] = TaskManager(config)

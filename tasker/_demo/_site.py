@@ -1,4 +1,5 @@
-"""The flaky local HTTP server: each request gets a fate, a delay then OK, reset or 503.
+"""The flaky local HTTP server: each request gets a fate, a delay then OK, reset or 503
+(with ``Retry-After``).
 
 Fates are drawn from the seed, the path and how often that path was asked for, so a
 run is reproducible. ``socket`` and ``gevent.pywsgi`` are imported inside
@@ -25,6 +26,7 @@ SLOW_DELAY = (0.05, 0.12)  # seconds, uniform
 
 OK, SLOW, RESET, UNAVAILABLE = "ok", "slow", "reset", "503"
 FATE_KEY = "tasker.demo.fate"
+RETRY_AFTER = 1  # seconds, in the Retry-After header of a 503 (HTTP allows whole seconds)
 
 
 @attrs.frozen
@@ -62,11 +64,13 @@ class Site:
     def app(self, environ: dict[str, Any], start_response: Callable[..., object]) -> list[bytes]:
         """The WSGI application: 503 or 200 as the request's fate says."""
         fate: Fate = environ[FATE_KEY]
+        headers = [("Content-Type", "text/plain")]
         if fate.kind == UNAVAILABLE:
             status, body = "503 Service Unavailable", b"busy, try again later\n"
+            headers.append(("Retry-After", str(RETRY_AFTER)))
         else:
             status, body = "200 OK", f"this is {environ['PATH_INFO']}\n".encode()
-        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
         return [body]
 
 

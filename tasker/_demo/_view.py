@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["LEGEND", "Display", "Peak", "show_status", "status_line", "summary"]
 
 LEGEND = (
-    "status: elapsed, replies/URLs | workers base+burst (busy) | queued main+priority lane"
-    " | arrivals and successes per s | p95 task time | retries"
+    "status: elapsed, replies/URLs | workers base+burst (busy) | queued main+priority lane (waiting out a"
+    " Retry-After) | arrivals and successes per s | p95 task time | redeliveries+transient retries"
 )
 
 
@@ -78,9 +78,9 @@ def status_line(manager: TaskManager[HTTPConnection, int], tally: Tally, total: 
     return (
         f"{elapsed:5.1f}s {tally.answered}/{total} | workers {stats.base_workers}+{stats.burst_workers}"
         f" ({stats.busy_workers} busy)"
-        f" | queued {stats.queued_tasks}+{stats.priority_tasks}"
+        f" | queued {stats.queued_tasks}+{stats.priority_tasks} ({stats.delayed_tasks} delayed)"
         f" | in {m.task_arrival_rate:.0f}/s out {m.task_completion_rate:.0f}/s"
-        f" | p95 {m.p95_execution_time * 1000:.0f} ms | retried {m.total_tasks_retried}"
+        f" | p95 {m.p95_execution_time * 1000:.0f} ms | retried {m.total_tasks_retried}+{m.total_transient_retries}"
     )
 
 
@@ -120,7 +120,8 @@ def summary(
     yield f"  replies     : {outcomes or 'none'}"
     yield (
         f"  metrics     : completed {m.total_tasks_completed}, failed {m.total_tasks_failed}, "
-        f"cancelled {m.total_tasks_cancelled}, retried {m.total_tasks_retried}, success rate {m.success_rate:.1%}, "
+        f"cancelled {m.total_tasks_cancelled}, retried {m.total_tasks_retried}, "
+        f"transient retries {m.total_transient_retries}, success rate {m.success_rate:.1%}, "
         f"p95 {m.p95_execution_time * 1000:.1f} ms, p99 {m.p99_execution_time * 1000:.1f} ms"
     )
     yield (
