@@ -206,8 +206,8 @@ class TestYieldingCollector:
 
         class Yielding(tasker.Collector):
             def record_arrival(self) -> None:
-                gevent.spawn(lambda: stopped.append(manager.stop()))  # stop() runs while we yield
-                gevent.sleep(0)
+                stopper = gevent.spawn(lambda: stopped.append(manager.stop()))
+                stopper.join(timeout=0.3)  # yields until stop() has finished (or waits on the callback we owe)
                 super().record_arrival()
 
         manager: Manager = TaskManager(res.config(worker_count=1, collector=Yielding()))
