@@ -10,19 +10,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gevent.queue import SimpleQueue
 
 from ._context import Context
 from ._message import TaskResult
 
-if TYPE_CHECKING:
-    from ._manager import TaskManager
-
 __all__ = ["imap_unordered", "map_ordered"]
 
 ItemFn = Callable[[Context, Any, Any], Any]
+
+
+class Submitter(Protocol):
+    """What the batch helpers need of a manager: its ``submit``."""
+
+    def submit(self, task: Callable[[Context, Any], Any], *, priority: bool = ...) -> TaskResult: ...
 
 
 def _bind(fn: ItemFn, item: Any) -> Callable[[Context, Any], Any]:
@@ -46,7 +49,7 @@ def _outcome(reply: TaskResult, return_exceptions: bool) -> Any:
 
 
 def map_ordered(
-    manager: TaskManager[Any, Any],
+    manager: Submitter,
     fn: ItemFn,
     items: Iterable[Any],
     priority: bool,
@@ -72,7 +75,7 @@ def map_ordered(
 
 
 def imap_unordered(
-    manager: TaskManager[Any, Any],
+    manager: Submitter,
     fn: ItemFn,
     items: Iterable[Any],
     priority: bool,

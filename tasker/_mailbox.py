@@ -18,7 +18,7 @@ redelivery: the supervisor never blocks).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.hub import Waiter
@@ -27,10 +27,18 @@ from ._clock import Clock
 from ._errors import QueueFullError
 from ._message import TaskResult
 
-if TYPE_CHECKING:
-    from ._worker import Worker
-
 __all__ = ["RETIRE", "Lane", "Mailbox"]
+
+
+class Worker(Protocol):
+    """What the mailbox uses of a worker that parks in it."""
+
+    burst: bool
+    current: TaskResult | None
+    idle_since: float
+    died_parked: bool
+    greenlet: Any
+
 
 RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
 
