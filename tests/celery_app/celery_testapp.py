@@ -31,6 +31,7 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_hijack_root_logger=False,
     worker_redirect_stdouts=False,
+    worker_enable_remote_control=False,  # no pidbox: a worker stops a second sooner
 )
 
 _ids = itertools.count(1)

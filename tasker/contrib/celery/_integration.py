@@ -13,7 +13,7 @@ from gevent.event import Event
 
 from ... import Config, Context, ManagerStoppedError, TaskKilledError, TaskManager
 from . import _batch
-from ._internals import cold_shutdown_started
+from ._internals import cold_shutdown_started, green_cold_shutdown
 from ._outcomes import Backoff, classify, requeue, retry_later
 from ._restore import Restorer
 from ._worker import PoolKind, make_step
@@ -186,6 +186,7 @@ class Integration(Generic[R]):
             logger.critical(message)
             raise RuntimeError(message) from exc
         if self._pool_kind == "gevent":
+            green_cold_shutdown()
             restorer = Restorer(self.app, self._restore_interval)
             if restorer.start():
                 self._restorer = restorer
