@@ -32,7 +32,7 @@ BROKER_POOL_HEADROOM = 10
 
 def pool_kind(pool_cls: Any) -> PoolKind:
     """The kind of a Celery pool class (or alias); ImproperlyConfigured for one tasker cannot serve."""
-    module = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
+    module = pool_cls.split(":")[0] if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
     name = module.rsplit(".", 1)[-1]
     if name in ("gevent", "solo", "prefork"):
         return name  # type: ignore[return-value]
