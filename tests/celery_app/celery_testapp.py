@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,27 @@ def job(self: Any, n: int) -> int:
 @tasks.batch_task(name="celery_testapp.items", acks_late=True, max_retries=3)
 def items(ctx: tasker.Context, resource: str, n: int) -> int:
     return work(n, "items")
+
+
+# For bench/celery_scale.py: the same job, timestamped, plus an optional CPU-bound part
+# (a client parsing what it fetched).
+CPU_LOOPS = int(os.environ.get("TASKER_TEST_CPU_LOOPS", "0"))
+
+
+def bench_work(n: int) -> int:
+    gevent.sleep(JOB_SECONDS)
+    x = 0
+    for i in range(CPU_LOOPS):
+        x += i * i
+    record("bench", f"{n} {time.time()}")
+    return n
+
+
+@app.task(bind=True, acks_late=True)
+def bench_job(self: Any, n: int) -> int:
+    return tasks.call(self, lambda ctx, resource: bench_work(n))
+
+
+@tasks.batch_task(name="celery_testapp.bench_items", acks_late=True)
+def bench_items(ctx: tasker.Context, resource: str, n: int) -> int:
+    return bench_work(n)
