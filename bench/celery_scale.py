@@ -130,17 +130,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--cpu-loops", type=int, default=4000, help="Python loop iterations per item, part 2")
+    parser.add_argument("--cpu-loops", type=int, default=20000, help="Python loop iterations per item, part 2")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # stop the workers and Redis on the way out
     bench = Bench(Path(tempfile.mkdtemp(prefix="tasker-celery-bench-")))
     try:
         single, batched, one, two = [], [], [], []
         for _ in range(args.rounds):  # interleaved, so that a busy moment hits all alike
             single.append(bench.run(1, args.items, 0, 0, 100))
             batched.append(bench.run(1, args.items, args.batch, 0, 100))
-            one.append(bench.run(1, args.items, args.batch // 4, args.cpu_loops, 8))
-            two.append(bench.run(2, args.items, args.batch // 4, args.cpu_loops, 8))
+            one.append(bench.run(1, args.items, args.batch // 5, args.cpu_loops, 500))
+            two.append(bench.run(2, args.items, args.batch // 5, args.cpu_loops, 500))
             print(f"round: single {single[-1]:.0f}/s, batch {batched[-1]:.0f}/s, cpu 1 proc {one[-1]:.0f}/s, "
                   f"cpu 2 procs {two[-1]:.0f}/s", flush=True)  # fmt: skip
         print(f"\n{args.items} items, best of {args.rounds}:")

@@ -121,7 +121,9 @@ class Cluster:
         )
         self.workers: list[Worker] = []
 
-    def start(self, count: int, pool: str = "gevent", extra_env: dict[str, str] | None = None) -> list[Worker]:
+    def start(
+        self, count: int, pool: str = "gevent", extra_env: dict[str, str] | None = None, concurrency: int = CONCURRENCY
+    ) -> list[Worker]:
         """Start ``count`` workers at once; wait until each says it is ready."""
         env = dict(self.env, **(extra_env or {}))
         started = []
@@ -129,7 +131,7 @@ class Cluster:
             name = f"w{len(self.workers) + 1}@{self.queue}"
             log = self.records / f"{name}.log"
             cmd = [sys.executable, "-m", "celery", "-A", "celery_testapp", "worker", "-P", pool,
-                   "-c", str(CONCURRENCY), "-Q", self.queue, "-n", name, "-l", "INFO",
+                   "-c", str(concurrency), "-Q", self.queue, "-n", name, "-l", "INFO",
                    "--without-heartbeat", "--without-gossip", "--without-mingle"]  # fmt: skip
             with log.open("w") as out:
                 process = subprocess.Popen(cmd, cwd=APP_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -290,12 +292,14 @@ class TestShutdownOfOneOfTwoWorkers:
 
 
 class TestWorkerStart:
-    """A worker whose on_create fails, or with a pool tasker cannot serve, exits non-zero and says why."""
+    """A worker whose on_create fails, or with a pool tasker cannot serve, exits non-zero and says why;
+    under prefork each child runs its own manager."""
 
-    def test_refusals(self, redis_url: str, tmp_path: Path) -> None:
+    def test_refusals_and_prefork(self, redis_url: str, tmp_path: Path) -> None:
         def run(cluster: Cluster) -> None:
             (failing,) = cluster.start(1, extra_env={"TASKER_TEST_FAIL_CREATE": "1"})
             (threads,) = cluster.start(1, pool="threads")
+            (prefork,) = cluster.start(1, pool="prefork", concurrency=2)
             assert failing.process.wait(30) != 0
             assert threads.process.wait(30) != 0
             said = failing.log.read_text()
@@ -303,5 +307,17 @@ class TestWorkerStart:
             assert "the test's on_create always fails" in said, said[-4000:]
             said = threads.log.read_text()
             assert "tasker.contrib.celery cannot serve the 'thread' pool" in said, said[-4000:]
+
+            cluster.wait_ready([prefork])
+            cluster.send(40, 1)
+            wait_until(lambda: len(cluster.counts("done")) == 40 and len(cluster.counts("items")) == BATCH_SIZE,
+                       30, "the prefork jobs", [prefork.log])  # fmt: skip
+            prefork.process.send_signal(signal.SIGTERM)
+            assert prefork.process.wait(30) == 0
+            children = {int(p.stem) for p in cluster.records.glob("*.res")}
+            assert len(children) == 2 and prefork.pid not in children  # a manager per child, none in the parent
+            for pid in children:
+                created, destroyed = cluster.resources(pid)
+                assert created and created == destroyed and set(destroyed.values()) == {1}
 
         in_cluster(f"{redis_url}/5", tmp_path, "refusals", run)

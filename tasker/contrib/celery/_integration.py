@@ -241,9 +241,12 @@ class Integration(Generic[R]):
                 return box.value  # type: ignore[no-any-return]
             requeue(task, exc)
         except Exception as exc:
-            if box.done or self._killed_after(box, exc):
+            if self._killed_after(box, exc):
                 return box.value  # type: ignore[no-any-return]
             self._reraise(task, exc)
+        except BaseException:  # Celery's time limit (a gevent.Timeout), ...: the job must not run on
+            reply.cancel()
+            raise
         settle_cold_kill()
         return value
 
@@ -256,7 +259,8 @@ class Integration(Generic[R]):
         """
         if not isinstance(exc, TaskKilledError):
             return False
-        self._ended.wait()
+        if self._closed:  # our stop() or kill(): wait until it is over
+            self._ended.wait()
         return box.done
 
     def _reraise(self, task: Any, exc: Exception) -> None:
