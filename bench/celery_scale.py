@@ -6,12 +6,15 @@ gevent`` processes of ``tests/celery_app`` and prints, best of ``--rounds``:
 
 1. items/s of one process, one Celery message per item against batches of
    ``--batch`` items (each item: a 2 ms simulated fetch);
-2. items/s of batches whose items also burn CPU (a client parsing what it fetched),
-   one worker process against two, and the ratio (the machine has 2 cores).
+2. items/s of batches of ``--batch / 5`` items that also burn CPU (a client parsing
+   what it fetched, ``--cpu-loops``), one worker process against two, and the ratio
+   (the machine has 2 cores). Each process's ``-c`` is its share of the batches, so
+   they split evenly and no consumer waits on a full prefetch.
 
 Throughput is counted from the timestamps the jobs record, first to last, so worker
-start-up and the client's sending are left out. The machine is shared: compare the
-ratios of one run, not figures across runs.
+start-up is left out; items per CPU-second divide by the CPU time the worker
+processes used meanwhile, which other load on the machine does not change. The
+machine is shared: compare the ratios of one run, not figures across runs.
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def cpu_seconds(workers: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU time the worker processes have used so far."""
+    import psutil
+
+    total = 0.0
+    for worker in workers:
+        times = psutil.Process(worker.pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
 class Bench:
     def __init__(self, workdir: Path) -> None:
         server = shutil.which("redis-server")
@@ -75,8 +89,9 @@ class Bench:
         self.redis.terminate()
         self.redis.wait(10)
 
-    def run(self, processes: int, items: int, batch: int, cpu_loops: int, concurrency: int) -> float:
-        """Items per second of ``processes`` workers running ``items`` items, ``batch`` per message (0: single)."""
+    def run(self, processes: int, items: int, batch: int, cpu_loops: int, concurrency: int) -> tuple[float, float]:
+        """Items per second of ``processes`` workers running ``items`` items, ``batch`` per message
+        (0: one message per item), and items per CPU-second the workers spent."""
         from celery import Celery
 
         self.round += 1
@@ -102,6 +117,7 @@ class Bench:
             # A worker with the queue to itself is ready: BRPOP clients show one per worker.
             wait_for(lambda: sum(1 for c in self.client.client_list() if c.get("cmd") == "brpop") >= processes,
                      30, "the workers")  # fmt: skip
+            cpu_before = cpu_seconds(workers)
             client = Celery("bench", broker=url)
             with client.producer_or_acquire() as producer:
                 if batch:
@@ -117,8 +133,9 @@ class Bench:
                 return [float(line.split()[1]) for line in lines]
 
             wait_for(lambda: len(stamps()) >= items, 600, "every item")
+            cpu = cpu_seconds(workers) - cpu_before
             times = stamps()
-            return (len(times) - 1) / (max(times) - min(times))
+            return (len(times) - 1) / (max(times) - min(times)), len(times) / cpu
         finally:
             for worker in workers:
                 worker.send_signal(signal.SIGTERM)
@@ -137,19 +154,29 @@ def main() -> None:
     bench = Bench(Path(tempfile.mkdtemp(prefix="tasker-celery-bench-")))
     try:
         single, batched, one, two = [], [], [], []
+        small = max(1, args.batch // 5)
         for _ in range(args.rounds):  # interleaved, so that a busy moment hits all alike
             single.append(bench.run(1, args.items, 0, 0, 100))
             batched.append(bench.run(1, args.items, args.batch, 0, 100))
-            one.append(bench.run(1, args.items, args.batch // 5, args.cpu_loops, 500))
-            two.append(bench.run(2, args.items, args.batch // 5, args.cpu_loops, 500))
-            print(f"round: single {single[-1]:.0f}/s, batch {batched[-1]:.0f}/s, cpu 1 proc {one[-1]:.0f}/s, "
-                  f"cpu 2 procs {two[-1]:.0f}/s", flush=True)  # fmt: skip
-        print(f"\n{args.items} items, best of {args.rounds}:")
-        print(f"  one message per item              {max(single):8.0f} items/s")
-        gain = max(batched) / max(single)
-        print(f"  batches of {args.batch:<4}                 {max(batched):8.0f} items/s  ({gain:.1f}x)")
-        print(f"  CPU-bound batches, 1 process      {max(one):8.0f} items/s")
-        print(f"  CPU-bound batches, 2 processes    {max(two):8.0f} items/s  ({max(two) / max(one):.2f}x)")
+            # Each process may hold exactly its share of the batches (-c = batches / processes):
+            # the split is even, and no consumer waits on a full prefetch (see the README).
+            batches = -(-args.items // small)
+            one.append(bench.run(1, args.items, small, args.cpu_loops, batches))
+            two.append(bench.run(2, args.items, small, args.cpu_loops, -(-batches // 2)))
+            print(f"round: single {single[-1][0]:.0f}/s, batch {batched[-1][0]:.0f}/s, "
+                  f"cpu 1 proc {one[-1][0]:.0f}/s ({one[-1][1]:.0f}/CPU-s), "
+                  f"cpu 2 procs {two[-1][0]:.0f}/s ({two[-1][1]:.0f}/CPU-s), load {os.getloadavg()[0]:.1f}",
+                  flush=True)  # fmt: skip
+        runs = {"single": single, "batched": batched, "one": one, "two": two}
+        best = {name: max(rates) for name, rates in runs.items()}
+        print(f"\n{args.items} items, best of {args.rounds} (items/s, items per worker CPU-second):")
+        print(f"  one message per item              {best['single'][0]:8.0f} {best['single'][1]:8.0f}")
+        gain = best["batched"][0] / best["single"][0]
+        batched_best = f"{best['batched'][0]:8.0f} {best['batched'][1]:8.0f}"
+        print(f"  batches of {args.batch:<4}                 {batched_best}  ({gain:.1f}x)")
+        print(f"  CPU-bound batches, 1 process      {best['one'][0]:8.0f} {best['one'][1]:8.0f}")
+        ratio = best["two"][0] / best["one"][0]
+        print(f"  CPU-bound batches, 2 processes    {best['two'][0]:8.0f} {best['two'][1]:8.0f}  ({ratio:.2f}x)")
     finally:
         bench.close()
 
