@@ -247,17 +247,45 @@ def run_case(cluster: Cluster, sig: signal.Signals, jobs: int) -> dict[str, Any]
 SIGNALS = {"sigterm": signal.SIGTERM, "sigquit": signal.SIGQUIT, "sigkill": signal.SIGKILL}
 
 
+def refusals_and_prefork(cluster: Cluster) -> None:
+    """A failing on_create and the threads pool end their workers with a reason; under
+    prefork each child runs its own manager."""
+    (failing,) = cluster.start(1, extra_env={"TASKER_TEST_FAIL_CREATE": "1"})
+    (threads,) = cluster.start(1, pool="threads")
+    (prefork,) = cluster.start(1, pool="prefork", concurrency=2)
+    assert failing.process.wait(30) != 0
+    assert threads.process.wait(30) != 0
+    said = failing.log.read_text()
+    assert "the TaskManager of worker" in said and "could not start" in said, said[-4000:]
+    assert "the test's on_create always fails" in said, said[-4000:]
+    said = threads.log.read_text()
+    assert "tasker.contrib.celery cannot serve the 'thread' pool" in said, said[-4000:]
+
+    cluster.wait_ready([prefork])
+    cluster.send(40, 1)
+    wait_until(lambda: len(cluster.counts("done")) == 40 and len(cluster.counts("items")) == BATCH_SIZE,
+               30, "the prefork jobs", [prefork.log])  # fmt: skip
+    prefork.process.send_signal(signal.SIGTERM)
+    assert prefork.process.wait(30) == 0
+    children = {int(p.stem) for p in cluster.records.glob("*.res")}
+    assert len(children) == 2 and prefork.pid not in children  # a manager per child, none in the parent
+    for pid in children:
+        created, destroyed = cluster.resources(pid)
+        assert created and created == destroyed and set(destroyed.values()) == {1}
+
+
 @pytest.fixture(scope="module")
 def default_cases(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
-    """The three default cases, run at once: most of a case's time is waiting for workers
-    to start and stop, so together they take about as long as one."""
-    with ThreadPoolExecutor(len(SIGNALS)) as executor:
+    """The three default cases and the start-up checks, run at once: most of their time
+    is waiting for workers to start and stop, so together they take about as long as one."""
+    runs: dict[str, Callable[[Cluster], Any]] = {
+        name: lambda cluster, sig=sig: run_case(cluster, sig, JOBS) for name, sig in SIGNALS.items()
+    }
+    runs["refusals"] = refusals_and_prefork
+    with ThreadPoolExecutor(len(runs)) as executor:
         yield {
-            name: executor.submit(
-                in_cluster, f"{redis_url}/{db}", tmp_path_factory.mktemp(name), name,
-                lambda cluster, sig=sig: run_case(cluster, sig, JOBS),
-            )
-            for db, (name, sig) in enumerate(SIGNALS.items(), start=1)
+            name: executor.submit(in_cluster, f"{redis_url}/{db}", tmp_path_factory.mktemp(name), name, run)
+            for db, (name, run) in enumerate(runs.items(), start=1)
         }
 
 
@@ -286,7 +314,7 @@ class TestShutdownOfOneOfTwoWorkers:
     @pytest.mark.parametrize("name", list(SIGNALS))
     def test_no_job_lost_10k(self, redis_url: str, tmp_path: Path, name: str) -> None:
         outcome = in_cluster(
-            f"{redis_url}/4", tmp_path, f"deep-{name}", lambda cluster: run_case(cluster, SIGNALS[name], DEEP_JOBS)
+            f"{redis_url}/6", tmp_path, f"deep-{name}", lambda cluster: run_case(cluster, SIGNALS[name], DEEP_JOBS)
         )
         check(name, outcome, DEEP_JOBS)
 
@@ -295,29 +323,5 @@ class TestWorkerStart:
     """A worker whose on_create fails, or with a pool tasker cannot serve, exits non-zero and says why;
     under prefork each child runs its own manager."""
 
-    def test_refusals_and_prefork(self, redis_url: str, tmp_path: Path) -> None:
-        def run(cluster: Cluster) -> None:
-            (failing,) = cluster.start(1, extra_env={"TASKER_TEST_FAIL_CREATE": "1"})
-            (threads,) = cluster.start(1, pool="threads")
-            (prefork,) = cluster.start(1, pool="prefork", concurrency=2)
-            assert failing.process.wait(30) != 0
-            assert threads.process.wait(30) != 0
-            said = failing.log.read_text()
-            assert "the TaskManager of worker" in said and "could not start" in said, said[-4000:]
-            assert "the test's on_create always fails" in said, said[-4000:]
-            said = threads.log.read_text()
-            assert "tasker.contrib.celery cannot serve the 'thread' pool" in said, said[-4000:]
-
-            cluster.wait_ready([prefork])
-            cluster.send(40, 1)
-            wait_until(lambda: len(cluster.counts("done")) == 40 and len(cluster.counts("items")) == BATCH_SIZE,
-                       30, "the prefork jobs", [prefork.log])  # fmt: skip
-            prefork.process.send_signal(signal.SIGTERM)
-            assert prefork.process.wait(30) == 0
-            children = {int(p.stem) for p in cluster.records.glob("*.res")}
-            assert len(children) == 2 and prefork.pid not in children  # a manager per child, none in the parent
-            for pid in children:
-                created, destroyed = cluster.resources(pid)
-                assert created and created == destroyed and set(destroyed.values()) == {1}
-
-        in_cluster(f"{redis_url}/5", tmp_path, "refusals", run)
+    def test_refusals_and_prefork(self, default_cases: dict[str, Future[Any]]) -> None:
+        default_cases["refusals"].result(timeout=180)
