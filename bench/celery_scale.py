@@ -92,7 +92,7 @@ class Bench:
     def run(self, processes: int, items: int, batch: int, cpu_loops: int, concurrency: int) -> tuple[float, float]:
         """Items per second of ``processes`` workers running ``items`` items, ``batch`` per message
         (0: one message per item), and items per CPU-second the workers spent."""
-        from celery import Celery
+        from celery import Celery  # type: ignore[import-untyped]
 
         self.round += 1
         records = self.workdir / f"round{self.round}"

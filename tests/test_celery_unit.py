@@ -12,9 +12,9 @@ from typing import Any
 
 import gevent
 import pytest
-from celery import Celery
-from celery.concurrency import get_implementation
-from celery.exceptions import ImproperlyConfigured, Reject, Retry
+from celery import Celery  # type: ignore[import-untyped]
+from celery.concurrency import get_implementation  # type: ignore[import-untyped]
+from celery.exceptions import ImproperlyConfigured, Reject, Retry  # type: ignore[import-untyped]
 
 import tasker
 from tasker.contrib.celery import Backoff, Integration, classify
@@ -65,7 +65,7 @@ class TestFailureTable:
         task = StubTask()
         assert integration.call(task, lambda ctx, resource: resource + "!") == "resource!"
         with pytest.raises(KeyError):
-            integration.call(task, lambda ctx, resource: {}["missing"])
+            integration.call(task, lambda ctx, resource: {"present": 1}["missing"])
         with pytest.raises(tasker.TaskTimeoutError):
             integration.call(task, lambda ctx, resource: gevent.sleep(5), timeout=0.01)
         assert task.retried == []
@@ -180,8 +180,8 @@ class TestCeleryInternals:
     """What the integration relies on beyond Celery's public API is still there."""
 
     def test_cold_shutdown_flag(self) -> None:
-        from celery.apps import worker
-        from celery.worker import state
+        from celery.apps import worker  # type: ignore[import-untyped]
+        from celery.worker import state  # type: ignore[import-untyped]
 
         assert state.should_terminate is None  # read by cold_shutdown_started()
         source = inspect.getsource(worker.on_cold_shutdown)

@@ -13,6 +13,7 @@ Without ``redis-server`` on PATH the tests skip, unless ``TASKER_REQUIRE_BROKER=
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -146,7 +147,7 @@ class Cluster:
 
     def send(self, jobs: int, batches: int) -> None:
         """Send ``jobs`` single jobs, then ``batches`` batches of BATCH_SIZE items."""
-        from celery import Celery
+        from celery import Celery  # type: ignore[import-untyped]
 
         client = Celery("client", broker=self.env["TASKER_TEST_BROKER"])
         with client.producer_or_acquire() as producer:
@@ -279,7 +280,7 @@ def default_cases(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """The three default cases and the start-up checks, run at once: most of their time
     is waiting for workers to start and stop, so together they take about as long as one."""
     runs: dict[str, Callable[[Cluster], Any]] = {
-        name: lambda cluster, sig=sig: run_case(cluster, sig, JOBS) for name, sig in SIGNALS.items()
+        name: functools.partial(run_case, sig=sig, jobs=JOBS) for name, sig in SIGNALS.items()
     }
     runs["refusals"] = refusals_and_prefork
     with ThreadPoolExecutor(len(runs)) as executor:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
 
 import tasker
 from tasker.contrib.celery import Integration
@@ -72,7 +72,7 @@ def work(n: int, kind: str) -> int:
     return n
 
 
-@app.task(bind=True, acks_late=True)
+@app.task(bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def job(self: Any, n: int) -> int:
     return tasks.call(self, lambda ctx, resource: work(n, "done"), timeout=30)
 
@@ -96,7 +96,7 @@ def bench_work(n: int) -> int:
     return n
 
 
-@app.task(bind=True, acks_late=True)
+@app.task(bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def bench_job(self: Any, n: int) -> int:
     return tasks.call(self, lambda ctx, resource: bench_work(n))
 
