@@ -36,7 +36,7 @@ JOBS = int(os.environ.get("TASKER_CELERY_JOBS", "300"))
 DEEP_JOBS = 10_000
 BATCHES, BATCH_SIZE = 10, 40
 CONCURRENCY = 50
-VISIBILITY = 2.0  # seconds: short, so that a SIGKILLed worker's messages come back soon
+VISIBILITY = 4.0  # seconds: a SIGKILLed worker's messages come back soon, live ones (ms) never
 
 if REDIS_SERVER is None and os.environ.get("TASKER_REQUIRE_BROKER") == "1":
     raise RuntimeError("TASKER_REQUIRE_BROKER=1 but redis-server is not on PATH")
