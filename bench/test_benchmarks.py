@@ -1,4 +1,4 @@
-"""BENCH.md's scenarios B1-B7 under pytest-benchmark: tasker side by side with baselines.
+"""BENCH.md's scenarios B1-B11 under pytest-benchmark: tasker side by side with baselines.
 
 One benchmark per (scenario, implementation), grouped by scenario so that
 ``pytest bench/ --benchmark-only`` prints each comparison as one table. The scenarios
@@ -19,18 +19,30 @@ import pytest
 
 from tasker import Collector
 from tasker._bench import (
+    AIOHTTP,
     BARE,
     POOL,
     SPAWN,
     TASKER,
     THREADS,
+    Panel,
+    Series,
+    ServerFarm,
     Sizes,
     ThreadPoolProcess,
+    aiohttp_available,
+    break_out_cost,
+    cancel_cost,
     deep_size,
+    drain_queue,
     idle_memory,
+    lifecycle,
     make_impl,
     record_loop,
     scaler_response,
+    scrape,
+    svg,
+    task_cost,
     task_count,
     warm_collector,
     warm_up,
@@ -58,10 +70,16 @@ def run_throughput(
 B1 = pytest.mark.benchmark(group="B1 no-op tasks in bulk, 8 workers")
 B2 = pytest.mark.benchmark(group="B2 100 clients, blocking submit-and-wait, 8 workers")
 B3 = pytest.mark.benchmark(group="B3 one client, blocking round trip, 8 workers")
-B4 = pytest.mark.benchmark(group="B4 gevent.sleep(0.01) tasks in bulk, 10k workers")
+B4 = pytest.mark.benchmark(group="B4 gevent.sleep(0.01) tasks in bulk, 10k workers, cold (all parked first)")
+B4W = pytest.mark.benchmark(group="B4 gevent.sleep(0.01) tasks in bulk, 10k workers, warm (all busy)")
 B5 = pytest.mark.benchmark(group="B5 scaler step response")
 B6 = pytest.mark.benchmark(group="B6 collector")
 B7 = pytest.mark.benchmark(group="B7 idle workers")
+B8 = pytest.mark.benchmark(group="B8 loopback scraping, 20 ms answers")
+B9 = pytest.mark.benchmark(group="B9 cancel() of queued messages")
+B10 = pytest.mark.benchmark(group="B10 leaving imap_unordered / map early")
+B11 = pytest.mark.benchmark(group="B11 draining a deep queue")
+SCALE = pytest.mark.benchmark(group="scale figures")
 
 
 # -- B1: bulk submit, then wait all ----------------------------------------------------
@@ -190,6 +208,13 @@ def test_b4_thread_pool(benchmark: Any, sizes: Sizes, threads_child: ThreadPoolP
     run_throughput(benchmark, "B4", THREADS, sizes, threads_child)
 
 
+@B4W
+@pytest.mark.parametrize("name", [TASKER, BARE, POOL])
+def test_b4_warm(benchmark: Any, sizes: Sizes, name: str) -> None:
+    """B4 warm: the burst arrives while every worker is busy (target: tasker >= 0.9 x bare pool)."""
+    run_throughput(benchmark, "B4w", name, sizes)
+
+
 # -- B5-B7: tasker's own costs against their bounds ------------------------------------
 
 
@@ -222,6 +247,7 @@ def test_b6_collector_record(benchmark: Any, sizes: Sizes) -> None:
     warm_collector(collector)
     before = deep_size(collector)
     benchmark.pedantic(record_loop, args=(collector, sizes.records), rounds=sizes.repeat)
+    collector.metrics()  # folds what is still buffered
     benchmark.extra_info.update(records=sizes.records, growth_bytes=deep_size(collector) - before)
 
 
@@ -250,3 +276,104 @@ def test_b7_parked_greenlets(benchmark: Any, sizes: Sizes) -> None:
     """B7 baseline: RSS of 10k plain greenlets parked on one Event, in a fresh process."""
     result = benchmark.pedantic(idle_memory, args=("greenlet", sizes.idle_workers))
     benchmark.extra_info.update(count=result.count, kb_each=result.per_item / 1024)
+
+
+# -- B8: loopback scraping ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def farm() -> Any:
+    """The loopback HTTP server of B8 (asyncio processes answering after 20 ms)."""
+    with ServerFarm() as servers:
+        yield servers
+
+
+@B8
+@pytest.mark.parametrize("name", [TASKER, POOL, AIOHTTP, THREADS])
+def test_b8_scrape(benchmark: Any, sizes: Sizes, farm: ServerFarm, name: str) -> None:
+    """B8: fetch URLs at C = 1,000 (the smallest C at quick sizes), each client in its own process.
+
+    Target at C = 1,000: tasker >= 1.1 x gevent Pool and >= 1.2 x asyncio + aiohttp in
+    req/s. asyncio + aiohttp is skipped without ``pip install tasker[bench]``.
+    """
+    if name == AIOHTTP and not aiohttp_available():
+        pytest.skip("aiohttp is not installed (pip install tasker[bench])")
+    c = sizes.scrape_threads if name == THREADS else min(sizes.scrape_concurrency, key=lambda c: abs(c - 1000))
+    run = benchmark.pedantic(scrape, args=(farm, name, sizes.scrape_urls, c), rounds=sizes.repeat)
+    assert run.requests == sizes.scrape_urls
+    benchmark.extra_info.update(
+        concurrency=c,
+        req_per_s=run.rate,
+        p50_ms=run.p50 * 1e3,
+        p99_ms=run.p99 * 1e3,
+        client_cpu_us_per_req=run.cpu_per_request * 1e6,
+        server_cpu_us_per_req=run.server_per_request * 1e6,
+        peak_rss_mb=run.peak_rss / 2**20,
+    )
+
+
+# -- B9-B11: cancelling and draining ---------------------------------------------------
+
+
+@B9
+@pytest.mark.parametrize("depth_index", [0, -1], ids=["shallow", "deep"])
+def test_b9_cancel(benchmark: Any, sizes: Sizes, depth_index: int) -> None:
+    """B9: cancel() of queued messages at the smallest and largest depth (target: deep <= 2 x shallow)."""
+    depth = sizes.cancel_depths[depth_index]
+    result = benchmark.pedantic(cancel_cost, args=(depth, sizes.cancels))
+    benchmark.extra_info.update(depth=depth, cancels=result.cancels, us_per_cancel=result.per_cancel * 1e6)
+
+
+@B10
+@pytest.mark.parametrize("method", ["imap_unordered", "map"])
+def test_b10_break_out(benchmark: Any, sizes: Sizes, method: str) -> None:
+    """B10: leave the loop with ``in_flight`` items in flight (target <= 0.5 s at 50k, linear)."""
+    result = benchmark.pedantic(break_out_cost, args=(method, sizes.in_flight))
+    assert result.queued_left == 0
+    benchmark.extra_info.update(in_flight=result.in_flight, close_s=result.seconds, us_per_item=result.per_item * 1e6)
+
+
+@B11
+@pytest.mark.parametrize("name", [TASKER, BARE])
+def test_b11_drain(benchmark: Any, sizes: Sizes, name: str) -> None:
+    """B11: drain a queue of no-op tasks, in a fresh process (target: tasker <= 3 x the bare pool per task)."""
+    result = benchmark.pedantic(drain_queue, args=(name, sizes.drain_tasks))
+    benchmark.extra_info.update(
+        tasks=result.tasks, us_per_task=result.per_task * 1e6, bytes_per_pending=result.bytes_per_pending
+    )
+
+
+# -- the scale figures -----------------------------------------------------------------
+
+
+@SCALE
+@pytest.mark.parametrize("name", [TASKER, BARE])
+def test_scale_task_cost(benchmark: Any, sizes: Sizes, name: str) -> None:
+    """Per-task cost at the largest worker count of the scale figures."""
+    workers = sizes.scale_workers[-1]
+    result = benchmark.pedantic(task_cost, args=(name, workers, sizes.scale_tasks))
+    benchmark.extra_info.update(workers=workers, us_per_task=result.per_task * 1e6)
+
+
+@SCALE
+def test_scale_lifecycle(benchmark: Any, sizes: Sizes) -> None:
+    """Start-up, stop() and kill() at the largest idle-worker count, in a fresh process."""
+    workers = sizes.scale_idle[-1]
+    result = benchmark.pedantic(lifecycle, args=(workers,))
+    benchmark.extra_info.update(
+        workers=workers,
+        start_s=result.start,
+        stop_s=result.stop,
+        kill_s=result.kill,
+        kb_per_idle_worker=result.bytes_per_worker / 1024,
+    )
+
+
+def test_scale_chart_is_an_svg() -> None:
+    """The chart of ``--plot`` is well-formed SVG with one polyline per series."""
+    from xml.dom import minidom
+
+    panel = Panel("t", "x", "y", (Series("a", ((8, 1.0), (1000, 2.0))), Series("b", ((8, 0.5),))))
+    document = minidom.parseString(svg([panel, panel], caption="c"))
+    assert document.documentElement is not None and document.documentElement.tagName == "svg"
+    assert len(document.getElementsByTagName("polyline")) == 4

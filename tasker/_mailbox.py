@@ -13,11 +13,19 @@ With ``max_size``, each lane holds at most that many messages; submitters wait f
 room on a FIFO of gevent waiters, each woken when a message leaves the lane (a
 redelivered message goes in regardless, so a lane can briefly hold one more per
 redelivery: the supervisor never blocks).
+
+Withdrawing a queued message (``cancel()``) is O(1) however deep the lane: each lane
+keeps its messages in order in a deque and the ones still queued in a dict (a dict
+rather than a set: the garbage collector walks its dense entries, not a sparse table
+that never shrinks). A withdrawn message leaves the dict at once (so every count is exact) and stays in the deque as a
+tombstone that ``take`` skips; when tombstones outnumber the queued messages the deque
+is rebuilt without them, so memory stays proportional to what is queued.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import gevent
@@ -43,14 +51,50 @@ class Worker(Protocol):
 RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
 
 
-class Lane(deque):  # type: ignore[type-arg]
-    """One FIFO lane, with the submitters waiting for room in it."""
+_COMPACT_MIN = 64  # tombstones a lane may hold before it is worth rebuilding
 
-    __slots__ = ("waiters",)
+
+class Lane:
+    """One FIFO lane of messages, with the submitters waiting for room in it.
+
+    ``len`` and iteration see only the messages still queued, oldest first.
+    """
+
+    __slots__ = ("dead", "items", "live", "waiters")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.items: deque[TaskResult] = deque()  # queued messages in order, and tombstones
+        self.live: dict[TaskResult, None] = {}  # the messages still queued (as keys)
+        self.dead = 0  # tombstones in ``items``: withdrawn messages not yet skipped
         self.waiters: deque[Waiter] = deque()
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __iter__(self) -> Iterator[TaskResult]:
+        live = self.live
+        return (msg for msg in self.items if msg in live)
+
+    def withdraw(self, msg: TaskResult) -> bool:
+        """Leave ``msg`` behind as a tombstone; False if it is not queued here."""
+        live = self.live
+        if msg not in live:
+            return False
+        del live[msg]
+        self.dead += 1
+        if not live:
+            self.items.clear()
+            self.dead = 0
+        elif self.dead > _COMPACT_MIN and self.dead > len(live):
+            # Amortized O(1): at least half of what is rebuilt was tombstones.
+            self.items = deque(m for m in self.items if m in live)
+            self.dead = 0
+        return True
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.live.clear()
+        self.dead = 0
 
 
 class Mailbox:
@@ -83,7 +127,7 @@ class Mailbox:
         self.closing = False  # draining or killed: workers exit instead of parking
 
     def __len__(self) -> int:
-        return len(self.main) + len(self.priority)
+        return len(self.main.live) + len(self.priority.live)
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
@@ -91,17 +135,26 @@ class Mailbox:
             worker = self.idle.pop() if self.idle else self.idle_burst.pop()
             worker.current = msg
             self._run_callback(worker.greenlet.switch, msg)
-        elif front:
-            (self.priority if msg._priority else self.main).appendleft(msg)
         else:
-            (self.priority if msg._priority else self.main).append(msg)
+            lane = self.priority if msg._priority else self.main
+            lane.live[msg] = None
+            if front:
+                lane.items.appendleft(msg)  # a redelivery: the head of its lane
+            else:
+                lane.items.append(msg)
 
     def take(self, worker: Worker) -> TaskResult | None:
         """The worker's next message, parking it while there is none; None: exit."""
         while True:
-            lane = self.priority or self.main
-            if lane:
-                msg: TaskResult = lane.popleft()
+            lane = self.priority if self.priority.live else self.main
+            live = lane.live
+            if live:
+                msg = lane.items.popleft()
+                if lane.dead:  # withdrawn messages may come first: skip them
+                    while msg not in live:
+                        lane.dead -= 1
+                        msg = lane.items.popleft()
+                del live[msg]
                 if lane.waiters:
                     self._wake_one(lane)
                 return msg
@@ -152,11 +205,9 @@ class Mailbox:
         return end
 
     def remove(self, msg: TaskResult) -> bool:
-        """Withdraw a queued message; False if it is not queued."""
+        """Withdraw a queued message in O(1); False if it is not queued."""
         lane = self.priority if msg._priority else self.main
-        try:
-            lane.remove(msg)
-        except ValueError:
+        if not lane.withdraw(msg):
             return False
         if lane.waiters:
             self._wake_one(lane)
@@ -181,7 +232,7 @@ class Mailbox:
         lane = self.priority if priority else self.main
         max_size = self.max_size
         assert max_size is not None
-        if len(lane) < max_size or self.closing:
+        if len(lane.live) < max_size or self.closing:
             return
         name = "priority" if priority else "main"
         if not block:
@@ -201,7 +252,7 @@ class Mailbox:
         timer = self._call_later(timeout, expire) if timeout is not None else None
         enter = lane.waiters.append
         try:
-            while len(lane) >= max_size and not self.closing:
+            while len(lane.live) >= max_size and not self.closing:
                 if expired:
                     raise QueueFullError(f"no room in the {name} lane within {timeout} s")
                 enter(waiter)
@@ -223,7 +274,7 @@ class Mailbox:
             lane.waiters.remove(waiter)
         except ValueError:
             # We were woken as we gave up: pass the room on so it is not lost.
-            if len(lane) < (self.max_size or 0) and lane.waiters:
+            if len(lane.live) < (self.max_size or 0) and lane.waiters:
                 self._wake_one(lane)
 
     def _wake_one(self, lane: Lane) -> None:

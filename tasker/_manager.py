@@ -13,7 +13,7 @@ workers race.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 import gevent
@@ -261,7 +261,7 @@ class TaskManager(SeedVariants[R, E]):
         priority: bool = False,
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
-    ) -> Iterator[E | BaseException]:
+    ) -> Generator[E | BaseException, None, None]:
         """Run ``fn(ctx, resource, item)`` for each item; yield the results in input order.
 
         At most ``max_in_flight`` items (default ``2 * max_worker_count``) are read
@@ -279,7 +279,7 @@ class TaskManager(SeedVariants[R, E]):
         priority: bool = False,
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
-    ) -> Iterator[E | BaseException]:
+    ) -> Generator[E | BaseException, None, None]:
         """As :meth:`map`, yielding each result as soon as it is ready."""
         self._refuse_other_thread("imap_unordered")
         return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions)

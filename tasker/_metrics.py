@@ -7,6 +7,12 @@ value, whatever the number of samples; min, max and means are exact. Rates count
 in a ring of time slots covering the last ``window`` seconds. Memory is a fixed list of
 ~1,800 bucket counters and a few slots, however many tasks run.
 
+``record_completion`` only appends its timestamps to a buffer; the buffer is folded
+into the histogram, the sums and the completion-rate window every ``FOLD_EVERY``
+records and whenever ``metrics()`` reads them, in one tight loop. Folding in order,
+with each record's own finish time, gives exactly what folding each record at once
+would: ``metrics()`` never sees a record late, and the buffer bounds memory.
+
 It never blocks and never yields, so within one gevent process it needs no lock; it is
 not meant to be shared between OS threads.
 """
@@ -19,8 +25,9 @@ from collections import deque
 from ._clock import Clock, MonotonicClock
 from ._types import TaskLifecycleTimestamps, TaskMetrics
 
-__all__ = ["Collector"]
+__all__ = ["FOLD_EVERY", "Collector"]
 
+FOLD_EVERY = 1000  # completions buffered before they are folded in
 _MIN_VALUE = 1e-9  # 1 ns: anything shorter lands in bucket 0, which reads as the minimum seen
 _MAX_VALUE = 1e6  # seconds; longer values land in the last bucket
 _log = math.log
@@ -109,6 +116,7 @@ class Collector:
         self._failed = 0
         self._cancelled = 0
         self._retried = 0
+        self._pending: list[tuple[float, float, float]] = []  # (queued, started, finished) not folded in yet
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
         self._finishes = _RateWindow(window, 20, now)
@@ -130,25 +138,53 @@ class Collector:
         self._cancelled += 1
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        finished = stamps.finished_at
+        pending = self._pending
+        pending.append(stamps)
+        if len(pending) >= FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Fold the buffered completions in, oldest first, in one loop over locals.
+
+        Each record is counted in the completion-rate window by its own finish time,
+        exactly as if it had been folded in when it was recorded.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
         finishes = self._finishes
-        if finished >= finishes.next_roll:
-            finishes.roll(finished)
-        finishes.count += 1
-        started = stamps.started_at
-        took = finished - started
-        self._ran += 1
-        self._exec_sum += took
-        self._wait_sum += started - stamps.queued_at
-        if took < self._exec_min:
-            self._exec_min = took
-        if took > self._exec_max:
-            self._exec_max = took
-        if took > _MIN_VALUE:
-            i = math.ceil(_log(took) * self._inv_log_gamma + self._log_offset)
-            self._buckets[i if i < self._last else self._last] += 1
-        else:
-            self._buckets[0] += 1
+        next_roll = finishes.next_roll
+        count = finishes.count
+        buckets = self._buckets
+        last = self._last
+        inv_log_gamma = self._inv_log_gamma
+        log_offset = self._log_offset
+        ceil = math.ceil
+        exec_sum, wait_sum = self._exec_sum, self._wait_sum
+        low, high = self._exec_min, self._exec_max
+        for queued, started, finished in pending:
+            if finished >= next_roll:
+                finishes.count = count
+                finishes.roll(finished)
+                next_roll = finishes.next_roll
+            count += 1
+            took = finished - started
+            exec_sum += took
+            wait_sum += started - queued
+            if took < low:
+                low = took
+            if took > high:
+                high = took
+            if took > _MIN_VALUE:
+                i = ceil(_log(took) * inv_log_gamma + log_offset)
+                buckets[i if i < last else last] += 1
+            else:
+                buckets[0] += 1
+        finishes.count = count
+        self._ran += len(pending)
+        self._exec_sum, self._wait_sum = exec_sum, wait_sum
+        self._exec_min, self._exec_max = low, high
 
     def _percentile(self, q: float) -> float:
         rank = max(1, math.ceil(q * self._ran))
@@ -161,6 +197,7 @@ class Collector:
         return self._exec_max  # pragma: no cover - rank <= total by construction
 
     def metrics(self) -> TaskMetrics:
+        self._fold()
         now = self._clock.now()
         completed = ran = self._ran
         terminal = completed + self._failed

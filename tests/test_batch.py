@@ -327,6 +327,72 @@ class TestEarlyExit:
         assert ran == [0, 1]  # items 2-4 were queued and withdrawn; 5-9 never submitted
 
 
+class TestEarlyExitCancelsEverything:
+    """Leaving early cancels every item in flight: the queued never run, the running see a cancelled context."""
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_every_item_in_flight(self, method: str) -> None:
+        res = Resources()
+        workers = 3
+        manager = manager_with(res, workers)
+        ran: list[int] = []
+        running: dict[int, tasker.Context] = {}
+        all_running, release = Event(), Event()
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            ran.append(item)
+            if item:
+                running[item] = ctx
+                if len(running) == workers:
+                    all_running.set()
+                release.wait()
+            return item
+
+        results = getattr(manager, method)(fn, range(1000), max_in_flight=100)
+        assert next(results) == 0
+        assert all_running.wait(5)
+        stats = manager.stats()
+        assert stats.queued_tasks == 99 - workers  # the rest of the read-ahead (item 0 is done) is queued
+        results.close()
+        assert manager.stats().queued_tasks == 0
+        assert sorted(running) == [1, 2, 3]
+        assert all(ctx.cancelled for ctx in running.values())
+        metrics = manager.metrics()
+        assert metrics.total_tasks_cancelled == 99 - workers  # withdrawn from the queue at once
+        release.set()
+        assert manager.stop() is True
+        assert sorted(ran) == [0, 1, 2, 3]  # nothing queued ever ran
+        assert manager.metrics().total_tasks_completed == 1 + workers  # the running ones ended normally
+        res.assert_all_destroyed_once()
+
+    def test_imap_unordered_leaves_no_link_behind(self) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        started, release = Event(), Event()
+        replies: list[Any] = []
+        submit = manager.submit
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            replies.append(submit(*args, **kwargs))
+            return replies[-1]
+
+        manager.submit = spy  # type: ignore[method-assign]
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            if item == 1:
+                started.set()
+                release.wait()
+            return item
+
+        results = manager.imap_unordered(fn, range(10), max_in_flight=5)
+        assert next(results) == 0
+        assert started.wait(5)
+        results.close()
+        assert all(reply.linkcount() == 0 for reply in replies[1:])  # cleanup unlinked the consumer
+        release.set()
+        assert manager.stop() is True
+
+
 class TestBadArguments:
     """Bad max_in_flight is a ValueError and a non-callable fn a TypeError, both at the call."""
 

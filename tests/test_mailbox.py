@@ -10,7 +10,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Resources
+from helpers import Gate, Resources, Unhealthy, check_health
 
 import tasker
 from tasker import MonotonicClock
@@ -97,6 +97,126 @@ class TestLanes:
             mailbox.put(message(name, priority))
         assert [m._fn for m in mailbox.drain()] == ["p1", "m1", "m2"]
         assert len(mailbox) == 0
+
+
+class TestWithdraw:
+    """``remove`` is O(1): a tombstone in the lane, exact counts, FIFO kept, room given back."""
+
+    def queued(
+        self, names: str, priority: bool = False, max_size: int | None = None
+    ) -> tuple[Mailbox, list[TaskResult]]:
+        mailbox = Mailbox(max_size, MonotonicClock())
+        msgs = [message(name, priority) for name in names]
+        for msg in msgs:
+            mailbox.put(msg)
+        return mailbox, msgs
+
+    def test_withdrawn_then_take_skips_it(self) -> None:
+        mailbox, msgs = self.queued("abcde")
+        assert mailbox.remove(msgs[2]) is True
+        assert (len(mailbox), len(mailbox.main)) == (4, 4)
+        assert [m._fn for m in mailbox.main] == ["a", "b", "d", "e"]
+        assert take_all(mailbox) == ["a", "b", "d", "e"]
+        assert mailbox.main.dead == 0  # the tombstone was skipped, not left behind
+
+    @pytest.mark.parametrize("where", [0, -1])
+    def test_withdraw_at_the_front_or_the_back(self, where: int) -> None:
+        mailbox, msgs = self.queued("abcd")
+        assert mailbox.remove(msgs[where]) is True
+        expected = ["b", "c", "d"] if where == 0 else ["a", "b", "c"]
+        assert len(mailbox) == 3
+        assert take_all(mailbox) == expected
+        assert len(mailbox) == 0
+
+    def test_withdraw_in_the_priority_lane_counts_there(self) -> None:
+        mailbox, prio = self.queued("pq", priority=True)
+        main = [message("m")]
+        mailbox.put(main[0])
+        assert mailbox.remove(prio[0]) is True
+        assert (len(mailbox.priority), len(mailbox.main), len(mailbox)) == (1, 1, 2)
+        assert take_all(mailbox) == ["q", "m"]
+
+    def test_withdraw_every_message_empties_the_lane(self) -> None:
+        mailbox, msgs = self.queued("abc")
+        for msg in msgs:
+            assert mailbox.remove(msg) is True
+        assert len(mailbox) == 0
+        assert len(mailbox.main.items) == 0  # nothing kept alive by tombstones
+        mailbox.put(message("z"))
+        assert take_all(mailbox) == ["z"]
+
+    def test_tombstones_are_compacted_and_order_kept(self) -> None:
+        names = [f"m{i}" for i in range(1000)]
+        mailbox = Mailbox(None, MonotonicClock())
+        msgs = [message(name) for name in names]
+        for msg in msgs:
+            mailbox.put(msg)
+        for msg in msgs[::3]:  # two thirds stay queued
+            mailbox.remove(msg)
+        for msg in msgs[1::3]:  # then only one third
+            mailbox.remove(msg)
+        kept = [m._fn for m in msgs[2::3]]
+        assert len(mailbox) == len(kept)
+        assert len(mailbox.main.items) <= 2 * len(kept) + 1  # tombstones never outnumber the queue for long
+        assert take_all(mailbox) == kept
+
+    def test_withdraw_a_redelivered_message(self) -> None:
+        mailbox, msgs = self.queued("ab")
+        first = mailbox.take(None)  # type: ignore[arg-type]
+        assert first is msgs[0]
+        mailbox.put(first, front=True)  # redelivered: the head of its lane again
+        assert [m._fn for m in mailbox.main] == ["a", "b"]
+        assert mailbox.remove(first) is True
+        assert mailbox.remove(first) is False
+        assert len(mailbox) == 1
+        assert take_all(mailbox) == ["b"]
+
+    def test_taken_or_foreign_messages_are_not_withdrawn(self) -> None:
+        mailbox, msgs = self.queued("ab")
+        assert mailbox.take(None) is msgs[0]  # type: ignore[arg-type]
+        assert mailbox.remove(msgs[0]) is False
+        assert mailbox.remove(message("b")) is False  # same name, another message
+        assert mailbox.remove(message("x", True)) is False
+        assert len(mailbox) == 1
+
+    def test_drain_leaves_withdrawn_messages_out(self) -> None:
+        mailbox, msgs = self.queued("abcd")
+        prio = message("p", True)
+        mailbox.put(prio)
+        mailbox.remove(msgs[1])
+        mailbox.remove(msgs[3])
+        assert [m._fn for m in mailbox.drain()] == ["p", "a", "c"]
+        assert len(mailbox) == 0
+        assert (len(mailbox.main.items), len(mailbox.priority.items)) == (0, 0)
+        mailbox.put(message("after"))
+        assert take_all(mailbox) == ["after"]
+
+    def test_withdraw_wakes_a_submitter_waiting_for_room(self) -> None:
+        mailbox, msgs = self.queued("abc", max_size=3)
+        done: list[str] = []
+
+        def submit(name: str) -> None:
+            mailbox.wait_for_room(False, True, None)
+            done.append(name)
+            mailbox.put(message(name))
+
+        waiter = gevent.spawn(submit, "w")
+        gevent.idle()
+        assert mailbox.blocked_submitters() == 1
+        assert mailbox.remove(msgs[1]) is True  # from the middle: room all the same
+        gevent.joinall([waiter], timeout=5)
+        assert done == ["w"]
+        assert (len(mailbox), mailbox.blocked_submitters()) == (3, 0)
+        assert take_all(mailbox) == ["a", "c", "w"]
+
+    def test_a_withdrawn_message_frees_room_once(self) -> None:
+        mailbox, msgs = self.queued("ab", max_size=2)
+        assert mailbox.remove(msgs[0]) is True
+        mailbox.wait_for_room(False, False, None)  # room for one now
+        mailbox.put(message("c"))
+        with pytest.raises(tasker.QueueFullError):
+            mailbox.wait_for_room(False, False, None)
+        assert take_all(mailbox) == ["b", "c"]
 
 
 class TestIdleStack:
@@ -360,6 +480,116 @@ class TestManagerOrder:
             assert keep.get(timeout=5) == "keep"
             assert drop.cancel() is False
         assert order == ["keep"]
+
+
+class TestManagerCancel:
+    """Through a TaskManager: cancel() anywhere in a deep lane keeps stats() exact and order."""
+
+    def test_cancel_in_the_middle_of_a_deep_lane(self) -> None:
+        resources = Resources()
+        order: list[int] = []
+        with tasker.TaskManager(manager_config(resources)) as manager:
+            gate = Gate()
+            manager.submit(gate)
+            assert gate.started.wait(5)
+            replies = [manager.submit(record(order, i), priority=i % 2 == 1) for i in range(200)]
+            dropped = set(range(0, 200, 7)) | {198, 199}
+            for i in sorted(dropped, reverse=True):
+                assert replies[i].cancel() is True
+            stats = manager.stats()
+            kept = [i for i in range(200) if i not in dropped]
+            assert stats.priority_tasks == sum(1 for i in kept if i % 2 == 1)
+            assert stats.queued_tasks == sum(1 for i in kept if i % 2 == 0)
+            gate.release.set()
+            for i in kept:
+                assert replies[i].get(timeout=5) == i
+            for i in dropped:
+                with pytest.raises(tasker.CancelledError):
+                    replies[i].get(timeout=5)
+        odd, even = [i for i in kept if i % 2], [i for i in kept if not i % 2]
+        assert order == odd + even  # priority lane first, FIFO within each
+        assert manager.metrics().total_tasks_cancelled == len(dropped)
+
+    def test_cancel_a_redelivered_message_while_it_is_queued(self) -> None:
+        creating, create = Event(), Event()
+        made: list[object] = []
+
+        def on_create() -> object:
+            if len(made) == 2:  # the replacement of the unhealthy worker: hold it
+                creating.set()
+                create.wait()
+            made.append(object())
+            return made[-1]
+
+        config = tasker.Config(
+            on_create=on_create, worker_count=2, max_worker_count=2, resource_pool_size=0, check_health=check_health
+        )
+        runs: list[str] = []
+        started, fail = Event(), Event()
+
+        def flaky(ctx: tasker.Context, resource: object) -> str:
+            runs.append("flaky")
+            started.set()
+            fail.wait()
+            raise Unhealthy("bad resource")
+
+        with tasker.TaskManager(config) as manager:
+            gate = Gate()
+            held = manager.submit(gate)
+            assert gate.started.wait(5)
+            redelivered = manager.submit(flaky)
+            assert started.wait(5)
+            after = manager.submit(record([], "after"))
+            fail.set()
+            assert creating.wait(5)  # the supervisor redelivered it before replacing the worker
+            assert redelivered.attempts == 1
+            assert [m for m in manager._mailbox.main] == [redelivered, after]
+            assert manager.stats().queued_tasks == 2
+            assert redelivered.cancel() is True
+            assert manager.stats().queued_tasks == 1
+            with pytest.raises(tasker.CancelledError):
+                redelivered.get(timeout=5)
+            create.set()
+            gate.release.set()
+            assert after.get(timeout=5) == "after"
+            assert held.get(timeout=5) == "gate"
+        assert runs == ["flaky"]  # withdrawn for good: never ran again
+
+    def test_cancel_in_the_middle_makes_room_for_a_blocked_submitter(self) -> None:
+        resources = Resources()
+        manager = tasker.TaskManager(manager_config(resources, max_queue_size=3))
+        gate = Gate()
+        manager.submit(gate)
+        assert gate.started.wait(5)
+        replies = [manager.submit(lambda ctx, r, i=i: i) for i in range(3)]
+        waiting = gevent.spawn(manager.submit, lambda ctx, r: "late")
+        gevent.idle()
+        assert manager.stats().blocked_submitters == 1
+        assert replies[1].cancel() is True
+        late = waiting.get(timeout=5)
+        stats = manager.stats()
+        assert (stats.queued_tasks, stats.blocked_submitters) == (3, 0)
+        gate.release.set()
+        assert [replies[0].get(timeout=5), replies[2].get(timeout=5), late.get(timeout=5)] == [0, 2, "late"]
+        assert manager.stop() is True
+        resources.assert_all_destroyed_once()
+
+    def test_kill_fails_the_queued_but_not_the_withdrawn(self) -> None:
+        resources = Resources()
+        manager = tasker.TaskManager(manager_config(resources))
+        gate = Gate()
+        manager.submit(gate)
+        assert gate.started.wait(5)
+        replies = [manager.submit(lambda ctx, r, i=i: i) for i in range(5)]
+        for i in (0, 2, 4):
+            replies[i].cancel()
+        manager.kill()
+        for i, reply in enumerate(replies):
+            expected = tasker.TaskKilledError if i % 2 else tasker.CancelledError
+            with pytest.raises(expected):
+                reply.get(timeout=5)
+        assert manager.metrics().total_tasks_cancelled == 5 + 1  # three cancels, two dropped, the gate
+        resources.assert_all_destroyed_once()
 
 
 def resource_task(seen: list[int]) -> Any:

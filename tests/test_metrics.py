@@ -372,6 +372,58 @@ class TestRates:
         assert collector.metrics().total_tasks_completed == 1
 
 
+class TestBuffering:
+    """Completions are buffered and folded in batches: what metrics() reports is unchanged."""
+
+    def feed(self, collector: tasker.Collector, clock: FakeClock, n: int, read_each: bool) -> list[tasker.TaskMetrics]:
+        rng = random.Random(5)
+        seen = []
+        for i in range(n):
+            clock.advance(rng.expovariate(200.0))  # ~200 per second: several windows in all
+            now = clock.now()
+            collector.record_arrival()
+            if i % 7:
+                collector.record_completion(Stamps(now - 0.01, now - 0.005, now + lognormal(rng)))
+            else:
+                collector.record_failure(Stamps(now, now, now))
+            if read_each or i % 997 == 0:
+                seen.append(collector.metrics())
+        seen.append(collector.metrics())
+        return seen
+
+    def test_same_metrics_as_folding_each_record_at_once(self) -> None:
+        n = 3 * tasker._metrics.FOLD_EVERY + 123
+        eager_clock, lazy_clock = FakeClock(), FakeClock()
+        eager = self.feed(tasker.Collector(clock=eager_clock), eager_clock, n, read_each=True)
+        lazy = self.feed(tasker.Collector(clock=lazy_clock), lazy_clock, n, read_each=False)
+        assert lazy[-1] == eager[-1]  # the same sums in the same order: equal to the last bit
+        assert lazy[-1].total_tasks_completed == n - (n + 6) // 7
+        assert lazy[-1].task_completion_rate > 0
+
+    def test_the_buffer_stays_bounded(self) -> None:
+        collector = tasker.Collector(clock=FakeClock())
+        for _ in range(5 * tasker._metrics.FOLD_EVERY + 1):
+            collector.record_completion(Stamps(0.0, 0.0, 1.0))
+            assert len(collector._pending) < tasker._metrics.FOLD_EVERY
+        assert collector.metrics().total_tasks_completed == 5 * tasker._metrics.FOLD_EVERY + 1
+        assert collector._pending == []
+
+    def test_completion_rate_of_buffered_records_uses_their_finish_times(self) -> None:
+        clock = FakeClock()
+        collector = tasker.Collector(clock=clock, window=10.0)
+        for _ in range(100):  # 100 completions 30 s ago, still buffered
+            now = clock.now()
+            collector.record_completion(Stamps(now, now, now))
+        clock.advance(30.0)
+        for _ in range(50):  # then 50 over the last 5 s
+            clock.advance(0.1)
+            now = clock.now()
+            collector.record_completion(Stamps(now, now, now))
+        metrics = collector.metrics()
+        assert metrics.task_completion_rate == pytest.approx(5.0, rel=0.1)
+        assert metrics.total_tasks_completed == 150
+
+
 class TestValidation:
     """Bad construction arguments raise ValueError."""
 

@@ -147,8 +147,12 @@ class Impl:
     def start(self, workers: int) -> None:
         raise NotImplementedError
 
-    def bulk(self, n: int, io: bool) -> None:
-        """Submit ``n`` tasks (no-op, or ``gevent.sleep(IO_SLEEP)`` if ``io``), then wait all."""
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
+        """Submit ``n`` tasks (no-op, or ``gevent.sleep(IO_SLEEP)`` if ``io``), then wait all.
+
+        With ``wait=False`` it returns once they are submitted (B4 warm: the burst that
+        keeps every worker busy); ``close`` waits for them.
+        """
         raise NotImplementedError
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
@@ -174,11 +178,13 @@ class _Tasker(Impl):
         )
         self._manager: TaskManager[object, None] = TaskManager(config)
 
-    def bulk(self, n: int, io: bool) -> None:
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
         task = _io if io else _noop
         submit = self._manager.submit
-        for reply in [submit(task) for _ in range(n)]:
-            reply.get()
+        replies = [submit(task) for _ in range(n)]
+        if wait:
+            for reply in replies:
+                reply.get()
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
         return client_latencies(partial(self._manager.queue_task, _noop), clients, per_client)
@@ -193,11 +199,13 @@ class _Bare(Impl):
     def start(self, workers: int) -> None:
         self._pool = BareActorPool(workers)
 
-    def bulk(self, n: int, io: bool) -> None:
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
         task = _io0 if io else _noop0
         submit = self._pool.submit
-        for reply in [submit(task) for _ in range(n)]:
-            reply.get()
+        replies = [submit(task) for _ in range(n)]
+        if wait:
+            for reply in replies:
+                reply.get()
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
         return client_latencies(partial(self._pool.call, _noop0), clients, per_client)
@@ -216,11 +224,13 @@ class _Spawn(Impl):
     def start(self, workers: int) -> None:
         pass
 
-    def bulk(self, n: int, io: bool) -> None:
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
         task = _io0 if io else _noop0
         spawn = gevent.spawn
-        for greenlet in [spawn(task) for _ in range(n)]:
-            greenlet.join()
+        greenlets = [spawn(task) for _ in range(n)]
+        if wait:
+            for greenlet in greenlets:
+                greenlet.join()
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
         return client_latencies(partial(_spawn_get, _noop0), clients, per_client)
@@ -235,18 +245,20 @@ class _Pool(Impl):
     def start(self, workers: int) -> None:
         self._pool = gevent.pool.Pool(workers)
 
-    def bulk(self, n: int, io: bool) -> None:
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
         task = _io0 if io else _noop0
         spawn = self._pool.spawn
         for _ in range(n):
             spawn(task)
-        self._pool.join()
+        if wait:
+            self._pool.join()
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
         spawn = self._pool.spawn
         return client_latencies(lambda: spawn(_noop0).get(), clients, per_client)
 
     def close(self) -> None:
+        self._pool.join()
         self._pool.kill()
 
 
@@ -258,11 +270,13 @@ class _Threads(Impl):
     def start(self, workers: int) -> None:
         self._executor = ThreadPoolExecutor(workers)
 
-    def bulk(self, n: int, io: bool) -> None:
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
         task = _io0 if io else _noop0
         submit = self._executor.submit
-        for future in [submit(task) for _ in range(n)]:
-            future.result()
+        futures = [submit(task) for _ in range(n)]
+        if wait:
+            for future in futures:
+                future.result()
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
         submit = self._executor.submit
@@ -357,8 +371,8 @@ class _Remote(Impl):
     def start(self, workers: int) -> None:
         self._child.call("start", workers)
 
-    def bulk(self, n: int, io: bool) -> None:
-        self._child.call("bulk", n, io)
+    def bulk(self, n: int, io: bool, wait: bool = True) -> None:
+        self._child.call("bulk", n, io, wait)
 
     def clients(self, clients: int, per_client: int) -> tuple[float, float, float]:
         p50, p95, p99 = self._child.call("clients", clients, per_client)

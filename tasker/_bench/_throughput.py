@@ -1,5 +1,11 @@
 """B1-B4: throughput and latency, one timed run of one implementation at a time.
 
+B4 runs twice: **cold** (``"B4"``), every worker parked before the burst, and **warm**
+(``"B4w"``), the burst arriving while every worker is still busy with one sleeping task.
+Cold is the worst case of a pool whose workers all wait on one ``gevent.queue``: its
+waiters are removed by ``deque.remove``, O(parked) per wake-up. Warm is the steady
+state under load, where nobody is parked.
+
 :func:`workload` says what a scenario runs (its workers and the timed body),
 :func:`warm_up` makes the started implementation hot, and :func:`measure` times one
 run. The command line and the pytest-benchmark suite drive the same functions.
@@ -43,7 +49,7 @@ def workload(scenario: str, sizes: Sizes) -> tuple[int, Callable[[Impl], tuple[f
         return sizes.workers, lambda impl: impl.clients(sizes.clients, per_client)
     if scenario == "B3":
         return sizes.workers, lambda impl: impl.clients(1, sizes.round_trips)
-    if scenario == "B4":
+    if scenario in ("B4", "B4w"):
         return sizes.io_workers, lambda impl: impl.bulk(sizes.io_tasks, True)
     raise ValueError(f"not a throughput scenario: {scenario!r}")
 
@@ -55,18 +61,23 @@ def task_count(scenario: str, sizes: Sizes) -> int:
         "B2": max(1, sizes.client_tasks // sizes.clients) * sizes.clients,
         "B3": sizes.round_trips,
         "B4": sizes.io_tasks,
+        "B4w": sizes.io_tasks,
     }[scenario]
 
 
 def warm_up(scenario: str, impl: Impl, sizes: Sizes) -> None:
-    """Run tasks on a started ``impl`` so that the timed run starts hot, every worker parked.
+    """Run tasks on a started ``impl`` so that the timed run starts hot.
 
-    B4 runs one sleeping task per worker first: a pool's workers are parked when a burst
-    comes, and waking thousands of greenlets parked on one queue is what B4 is about
-    (without it, a fresh bare pool would find its queue full and never park).
+    B4 cold runs one sleeping task per worker first and waits for them: every worker
+    is parked when the burst comes (without it, a fresh bare pool would find its queue
+    full and never park). B4 warm submits one sleeping task per worker and does not
+    wait: every worker is busy when the burst comes.
     """
     if scenario == "B4":
         impl.bulk(sizes.io_workers, True)
+    elif scenario == "B4w":
+        impl.bulk(sizes.io_workers, True)  # parked: now make every worker busy
+        impl.bulk(sizes.io_workers, True, wait=False)
     else:
         impl.bulk(min(1000, sizes.bulk_tasks), False)
 
