@@ -1,7 +1,7 @@
 """What tasker's per-task contract costs, component by component (the B1 floor).
 
 Run: ``python bench/floor.py``. Each row is the best of 5 timeit runs of 200,000
-iterations, in µs per call; the README's Performance section quotes one run.
+iterations, in µs per call.
 """
 
 from __future__ import annotations

@@ -375,5 +375,5 @@ def test_scale_chart_is_an_svg() -> None:
 
     panel = Panel("t", "x", "y", (Series("a", ((8, 1.0), (1000, 2.0))), Series("b", ((8, 0.5),))))
     document = minidom.parseString(svg([panel, panel], caption="c"))
-    assert document.documentElement.tagName == "svg"
+    assert document.documentElement is not None and document.documentElement.tagName == "svg"
     assert len(document.getElementsByTagName("polyline")) == 4

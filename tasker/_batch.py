@@ -11,21 +11,24 @@ so leaving early costs O(items in flight).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, Protocol
 
 from gevent.queue import SimpleQueue
 
 from ._context import Context
 from ._message import TaskResult
 
-if TYPE_CHECKING:
-    from ._manager import TaskManager
-
 __all__ = ["imap_unordered", "map_ordered"]
 
 ItemFn = Callable[[Context, Any, Any], Any]
 KeyFn = Callable[[Any], Any] | None  # item -> its submission's key
+
+
+class Submitter(Protocol):
+    """What the batch helpers need of a manager: its ``submit``."""
+
+    def submit(self, task: Callable[[Context, Any], Any], *, priority: bool = ..., key: Any = ...) -> TaskResult: ...
 
 
 def _bind(fn: ItemFn, item: Any) -> Callable[[Context, Any], Any]:
@@ -51,18 +54,18 @@ def _outcome(reply: TaskResult, return_exceptions: bool) -> Any:
 
 
 def map_ordered(
-    manager: TaskManager[Any, Any],
+    manager: Submitter,
     fn: ItemFn,
     items: Iterable[Any],
     priority: bool,
     limit: int,
     return_exceptions: bool,
     key: KeyFn = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     source = _checked(fn, items, key)
     pending: deque[TaskResult] = deque()
 
-    def run() -> Iterator[Any]:
+    def run() -> Generator[Any, None, None]:
         try:
             for item in source:
                 item_key = None if key is None else key(item)
@@ -79,20 +82,20 @@ def map_ordered(
 
 
 def imap_unordered(
-    manager: TaskManager[Any, Any],
+    manager: Submitter,
     fn: ItemFn,
     items: Iterable[Any],
     priority: bool,
     limit: int,
     return_exceptions: bool,
     key: KeyFn = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     source = _checked(fn, items, key)
     in_flight: dict[TaskResult, None] = {}  # in submission order, for the cleanup
     finished: SimpleQueue[TaskResult] = SimpleQueue()
     done = finished.put  # one bound method, linked to every reply and unlinked at the end
 
-    def run() -> Iterator[Any]:
+    def run() -> Generator[Any, None, None]:
         exhausted = False
         try:
             while True:

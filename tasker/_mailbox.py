@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.hub import Waiter
@@ -48,10 +48,19 @@ from ._keys import KeyLimits, KeyTable
 from ._message import TaskResult
 from ._ratelimit import RateLimit, TokenBucket
 
-if TYPE_CHECKING:
-    from ._worker import Worker
-
 __all__ = ["RETIRE", "Lane", "Mailbox"]
+
+
+class Worker(Protocol):
+    """What the mailbox uses of a worker that parks in it."""
+
+    burst: bool
+    current: TaskResult | None
+    idle_since: float
+    died_parked: bool
+    greenlet: Any
+    keyed: TaskResult | None
+
 
 RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
 

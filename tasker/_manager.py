@@ -13,7 +13,7 @@ workers race.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Generator, Hashable, Iterable
 from typing import Any, TypeVar
 
 import gevent
@@ -24,14 +24,8 @@ from ._batch import imap_unordered, map_ordered
 from ._clock import Clock, MonotonicClock
 from ._config import Config, seconds_ok
 from ._context import Context
-from ._errors import (
-    CancelledError,
-    ManagerStoppedError,
-    ResourceCreationError,
-    RetriesExhaustedError,
-    TaskKilledError,
-    TaskTimeoutError,
-)
+from ._core import NO_RESOURCE, Core
+from ._errors import ManagerStoppedError, ResourceCreationError, TaskKilledError
 from ._mailbox import Mailbox
 from ._message import Interrupt, TaskResult
 from ._metrics import Collector
@@ -40,9 +34,8 @@ from ._retry import RetryPolicy
 from ._scaler import Scaler
 from ._supervisor import Supervisor
 from ._threads import ThreadTaskResult, call_in_hub, get_ident
-from ._types import MetricsCollector, TaskLifecycleTimestamps, TaskMetrics, TaskStats
+from ._types import TaskMetrics, TaskStats
 from ._variants import Callback, SeedVariants, Task
-from ._worker import NO_RESOURCE, Worker
 
 __all__ = ["TaskManager"]
 
@@ -110,44 +103,43 @@ class TaskManager(SeedVariants[R, E]):
         if not isinstance(config, Config):
             raise TypeError(f"TaskManager needs a tasker.Config, got {config!r}")
         self._config = config
-        self._clock: Clock = config.clock or MonotonicClock()
-        self._now = self._clock.now
+        clock: Clock = config.clock or MonotonicClock()
+        self._core = core = Core(
+            on_create=config.on_create,
+            on_destroy=config.on_destroy,
+            check_health=config.check_health,
+            max_retries=config.max_retries,
+            clock=clock,
+            mailbox=Mailbox(
+                config.max_queue_size,
+                clock,
+                key_concurrency=config.key_concurrency,
+                key_rate=config.key_rate,
+                key_limits=config.key_limits,
+                rate_limit=config.rate_limit,
+            ),
+            retry=config.retry,
+            logger=config.logger or logging.getLogger("tasker"),
+            collector=config.collector or Collector(clock=clock),
+            parent=config.ctx,
+        )
+        core.progressed = self._progressed
+        self._clock = clock
+        self._mailbox = core.mailbox
         self._task_timeout = config.task_timeout
-        self._logger = config.logger or logging.getLogger("tasker")
-        self._collector: MetricsCollector = config.collector or Collector(clock=self._clock)
-        self._record_cancellation = getattr(self._collector, "record_cancellation", None)  # optional
-        self._parent = config.ctx
-        self._ctx = config.ctx.child() if config.ctx is not None else Context()
-        self._hub = gevent.get_hub()
-        self._thread = get_ident()  # calls from other threads are handed to this one
-        self._accepting = True
-        self._killing = False
         self._stop_called = False
         self._kill_called = False
-        self._tearing_down = False
+        self._core.tearing_down = False
         self._quiet = Event()  # closing, drained, no run_task, no pending callback
         self._wakers: list[Event] = []  # of shutdown calls waiting for something to end
         self._finished = Event()
-        self._arrived = 0  # accepted submissions (the scaler's own counters)
-        self._done = 0  # resolved replies
         self._callbacks = 0  # callbacks not yet returned
         self._callback_greenlets: set[Any] = set()  # greenlets inside a callback now
         self._excused_callbacks = 0  # callbacks that stop() was called from: it must not wait for itself
         self._stoppers: set[Any] = set()  # greenlets inside stop(): kill() ends their wait, never interrupts it
         self._destroyer: gevent.Greenlet | None = None  # destroys the pool's resources at teardown
         self._resumer: gevent.Greenlet | None = None  # finishes a shutdown whose caller was killed
-        self._ending: set[Any] = set()  # greenlets shutdown has killed: their GreenletExit is ours
-        self._record_transient_retry = getattr(self._collector, "record_transient_retry", None)  # optional
-        self._retry = config.retry
-        self._mailbox = Mailbox(
-            config.max_queue_size,
-            self._clock,
-            key_concurrency=config.key_concurrency,
-            key_rate=config.key_rate,
-            key_limits=config.key_limits,
-            rate_limit=config.rate_limit,
-        )
-        self._supervisor = Supervisor(self)
+        self._supervisor = Supervisor(core, config.worker_count)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
         made: list[Any] = []
         try:
@@ -155,11 +147,11 @@ class TaskManager(SeedVariants[R, E]):
                 made.append(config.on_create())
         except BaseException as exc:
             for resource in made:
-                self._destroy(resource)
+                self._core.destroy(resource)
             if isinstance(exc, Exception):
                 raise ResourceCreationError(f"on_create raised {exc!r} while starting the manager") from exc
             raise
-        self._pool = ResourcePool(self, made[:pool_size])
+        self._pool = ResourcePool(core, made[:pool_size])
         self._supervisor.greenlet.start()
         for resource in made[pool_size:]:
             self._supervisor.start_worker(burst=False, resource=resource)
@@ -167,7 +159,7 @@ class TaskManager(SeedVariants[R, E]):
         self._scaler: Scaler | None = None
         if max_workers > config.worker_count:
             linger = config.burst_linger if config.burst_linger is not None else 10 * config.burst_interval
-            self._scaler = Scaler(self, max_workers, linger)
+            self._scaler = Scaler(core, self._supervisor, max_workers, config.burst_interval, linger)
             self._scaler.greenlet.start()
         self._watcher: gevent.Greenlet | None = None
         if config.ctx is not None:
@@ -208,7 +200,7 @@ class TaskManager(SeedVariants[R, E]):
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
             QueueFullError: no room in a bounded lane.
         """
-        if get_ident() != self._thread:
+        if get_ident() != self._core.thread:
             return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
         fn = task if callable(task) else _task_fn(task)
         if key is not None or retry is not None:
@@ -219,16 +211,17 @@ class TaskManager(SeedVariants[R, E]):
             timeout = self._task_timeout
         else:
             _check_timeout(timeout)
-        if not self._accepting or self._parent is not None:
-            self._check_accepting()
+        core = self._core
+        if not core.accepting or core.parent is not None:
+            core.check_accepting()
         mailbox = self._mailbox
         if mailbox.max_size is not None:
             mailbox.wait_for_room(priority, block, timeout)
-            self._check_accepting()
-        msg = TaskResult(self, fn, priority, once, timeout, self._now(), key, retry)
-        self._arrived += 1
+            core.check_accepting()
+        msg = TaskResult(core, fn, priority, once, timeout, core.now(), key, retry)
+        core.arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
-        self._record_arrival()
+        core.record_arrival()
         return msg
 
     def _submit_from_thread(
@@ -242,19 +235,13 @@ class TaskManager(SeedVariants[R, E]):
         retry: RetryPolicy | None,
     ) -> TaskResult:
         flags = {"priority": priority, "once": once, "timeout": timeout, "block": block, "key": key, "retry": retry}
-        reply = call_in_hub(self._hub, self.submit, task, **flags)
+        reply = call_in_hub(self._core.hub, self.submit, task, **flags)
         reply.__class__ = ThreadTaskResult  # same layout; its waits keep this thread's loop alive
         return reply  # type: ignore[no-any-return]
 
-    def _check_accepting(self) -> None:
-        if not self._accepting:
-            raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
-        if self._parent is not None and self._parent.cancelled:  # before the watcher has run
-            raise ManagerStoppedError("the manager's parent context is cancelled; no new tasks are accepted")
-
     def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None:
-        if get_ident() != self._thread:  # the callback then runs in the manager's thread
-            return call_in_hub(self._hub, self._submit_with_callback, task, callback, priority, once)  # type: ignore[no-any-return]
+        if get_ident() != self._core.thread:  # the callback then runs in the manager's thread
+            return call_in_hub(self._core.hub, self._submit_with_callback, task, callback, priority, once)  # type: ignore[no-any-return]
         if not callable(callback):
             raise TypeError(f"callback must be callable as callback(result, error), got {callback!r}")
         self._callbacks += 1  # owed from here: a collector that yields in submit can't race stop()
@@ -268,18 +255,18 @@ class TaskManager(SeedVariants[R, E]):
     def _call_back(self, callback: Callback, reply: TaskResult) -> None:
         me = getcurrent()
         self._callback_greenlets.add(me)
-        if self._killing:  # still called once, but interrupted if it blocks
-            self._hub.loop.run_callback(self._interrupt_callback, me)
+        if self._core.killing:  # still called once, but interrupted if it blocks
+            self._core.hub.loop.run_callback(self._interrupt_callback, me)
         try:
             if reply.successful():
                 callback(reply.value, None)
             else:
                 callback(None, reply.exception)
         except Interrupt:
-            self._log("warning", "tasker: callback %r interrupted by kill()", callback)
+            self._core.log("warning", "tasker: callback %r interrupted by kill()", callback)
         except BaseException as exc:
-            self._log("error", "tasker: callback %r raised %r", callback, exc)
-            self._survive(exc)
+            self._core.log("error", "tasker: callback %r raised %r", callback, exc)
+            self._core.survive(exc)
         finally:
             self._callback_greenlets.discard(me)
             self._callbacks -= 1
@@ -299,8 +286,8 @@ class TaskManager(SeedVariants[R, E]):
             ResourceCreationError: the temporary resource could not be created.
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
         """
-        if get_ident() != self._thread:  # the task runs in the manager's thread
-            return call_in_hub(self._hub, self.run_task, task)  # type: ignore[no-any-return]
+        if get_ident() != self._core.thread:  # the task runs in the manager's thread
+            return call_in_hub(self._core.hub, self.run_task, task)  # type: ignore[no-any-return]
         return self._pool.run(_task_fn(task))  # type: ignore[no-any-return]
 
     def map(
@@ -312,7 +299,7 @@ class TaskManager(SeedVariants[R, E]):
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
         key: Callable[[Any], Hashable] | None = None,
-    ) -> Iterator[E | BaseException]:
+    ) -> Generator[E | BaseException, None, None]:
         """Run ``fn(ctx, resource, item)`` for each item; yield the results in input order.
 
         At most ``max_in_flight`` items (default ``2 * max_worker_count``) are read
@@ -332,13 +319,13 @@ class TaskManager(SeedVariants[R, E]):
         max_in_flight: int | None = None,
         return_exceptions: bool = False,
         key: Callable[[Any], Hashable] | None = None,
-    ) -> Iterator[E | BaseException]:
+    ) -> Generator[E | BaseException, None, None]:
         """As :meth:`map`, yielding each result as soon as it is ready."""
         self._refuse_other_thread("imap_unordered")
         return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions, key)
 
     def _refuse_other_thread(self, name: str) -> None:
-        if get_ident() != self._thread:  # its iterator waits on gevent queues of the manager's thread
+        if get_ident() != self._core.thread:  # its iterator waits on gevent queues of the manager's thread
             raise RuntimeError(
                 f"{name}() must be called in the thread that made the manager; from another "
                 "thread, submit() each item and wait on its reply"
@@ -380,7 +367,7 @@ class TaskManager(SeedVariants[R, E]):
 
     def metrics(self) -> TaskMetrics:
         """What the collector reports."""
-        return self._collector.metrics()
+        return self._core.collector.metrics()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -410,8 +397,8 @@ class TaskManager(SeedVariants[R, E]):
             RuntimeError: called from inside the manager (a task, a hook, ``run_task``,
                 or the logger or collector inside an actor): it would wait for itself.
         """
-        if get_ident() != self._thread:
-            return call_in_hub(self._hub, self.stop, timeout)  # type: ignore[no-any-return]
+        if get_ident() != self._core.thread:
+            return call_in_hub(self._core.hub, self.stop, timeout)  # type: ignore[no-any-return]
         if self._stop_called or self._kill_called:
             raise ManagerStoppedError("stop() or kill() was already called")
         _check_timeout(timeout)
@@ -446,8 +433,8 @@ class TaskManager(SeedVariants[R, E]):
             ManagerStoppedError: ``kill()`` was already called, or the manager has
                 already finished stopping.
         """
-        if get_ident() != self._thread:
-            call_in_hub(self._hub, self.kill)
+        if get_ident() != self._core.thread:
+            call_in_hub(self._core.hub, self.kill)
             return
         if self._kill_called or self._finished.is_set():
             raise ManagerStoppedError("kill() was already called, or the manager has stopped")
@@ -468,7 +455,7 @@ class TaskManager(SeedVariants[R, E]):
             self._resumer = gevent.spawn(self._resume)
 
     def _resume(self) -> None:
-        if not self._killing:
+        if not self._core.killing:
             self._graceful(None)
             return
         deadline = self._deadline()
@@ -482,16 +469,16 @@ class TaskManager(SeedVariants[R, E]):
             try:
                 parent.wait()
             except BaseException as exc:  # not ours to end it: only teardown ends the watcher
-                self._survive(exc)
-        self._log("info", "tasker: parent context cancelled; stopping gracefully")
+                self._core.survive(exc)
+        self._core.log("info", "tasker: parent context cancelled; stopping gracefully")
         if not self._finished.is_set():
             self._graceful(None)
 
     def _close(self) -> None:
         """Stop accepting; let workers exit once the lanes are empty."""
-        if not self._accepting:
+        if not self._core.accepting:
             return
-        self._accepting = False
+        self._core.accepting = False
         self._mailbox.close()
         self._supervisor.poke()
 
@@ -503,7 +490,7 @@ class TaskManager(SeedVariants[R, E]):
 
     def _check_quiet(self) -> None:
         if (
-            not self._accepting
+            not self._core.accepting
             and self._supervisor.drained.is_set()
             and not self._pool.running
             and self._callbacks <= self._excused_callbacks
@@ -523,11 +510,11 @@ class TaskManager(SeedVariants[R, E]):
             self._stoppers.discard(me)
             if timer is not None:
                 timer.cancel()
-        clean = self._quiet.is_set() and not self._killing
+        clean = self._quiet.is_set() and not self._core.killing
         deadline = self._deadline()
         try:
-            if not clean and not self._killing:
-                self._log("warning", "tasker: stop(timeout=%s) did not drain in time; killing", timeout)
+            if not clean and not self._core.killing:
+                self._core.log("warning", "tasker: stop(timeout=%s) did not drain in time; killing", timeout)
                 self._kill_now(deadline)
             self._teardown(deadline)
         finally:
@@ -539,7 +526,7 @@ class TaskManager(SeedVariants[R, E]):
 
     def _kill_now(self, deadline: _Deadline) -> None:
         """Answer every message and interrupt all user code; wait (to ``deadline``) for it to end."""
-        self._killing = True
+        self._core.killing = True
         self._close()
         me = getcurrent()  # kill() may come from user code of ours: never interrupt the caller
         supervisor = self._supervisor
@@ -547,8 +534,8 @@ class TaskManager(SeedVariants[R, E]):
         actors = [supervisor.greenlet] if self._scaler is None else [supervisor.greenlet, self._scaler.greenlet]
         for actor in actors:
             if actor is not me:
-                self._end(actor)
-        self._ctx.cancel()
+                self._core.end(actor)
+        self._core.ctx.cancel()
         workers = list(supervisor.workers.values())
         supervisor.workers.clear()
         supervisor.drained.set()
@@ -561,10 +548,10 @@ class TaskManager(SeedVariants[R, E]):
             w.current for w in workers if w.current is not None and (w.greenlet is not me or not w.in_task)
         ]
         ending = [w.greenlet for w in workers if w.greenlet is not me]
-        run_callback = self._hub.loop.run_callback
+        run_callback = self._core.hub.loop.run_callback
         for worker in workers:
             if worker.greenlet is not me and not worker.destroying:
-                self._end(worker.greenlet)
+                self._core.end(worker.greenlet)
                 if worker.greenlet.dead:  # killed before it first ran: it still holds its resource
                     worker.release()
         for greenlet in self._pool.interruptible(me):
@@ -574,9 +561,9 @@ class TaskManager(SeedVariants[R, E]):
         for greenlet in self._callback_greenlets - spared:
             run_callback(self._interrupt_callback, greenlet)
         for msg in dropped:
-            self._finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
+            self._core.finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
         for msg in interrupted:
-            self._finish(msg, TaskKilledError("interrupted by kill()"), cancelled=True)
+            self._core.finish(msg, TaskKilledError("interrupted by kill()"), cancelled=True)
         runs_mine = self._pool.running.count(me)
         callbacks_spared = len(self._callback_greenlets & spared)
         self._await(
@@ -597,9 +584,9 @@ class TaskManager(SeedVariants[R, E]):
         leaves the rest to a later ``kill()``. The resources are destroyed in a greenlet
         of their own, so no interrupt of the caller cuts an ``on_destroy`` short.
         """
-        self._tearing_down = True
+        self._core.tearing_down = True
         for msg in self._mailbox.drain():  # none after a drain; this drops key records and timers
-            self._finish(msg, TaskKilledError("dropped at teardown"), cancelled=True)
+            self._core.finish(msg, TaskKilledError("dropped at teardown"), cancelled=True)
         me = getcurrent()
         self._supervisor.close()
         if self._scaler is not None:
@@ -607,7 +594,7 @@ class TaskManager(SeedVariants[R, E]):
         actors = [self._supervisor.greenlet, self._scaler and self._scaler.greenlet, self._watcher]
         ending = [g for g in actors if g is not None and g is not me and not g.dead]
         for greenlet in ending:
-            self._end(greenlet)
+            self._core.end(greenlet)
         if self._destroyer is None and self._pool.available:
             self._destroyer = gevent.spawn(self._destroy_pool)
         if self._destroyer is not None and self._destroyer is not me:
@@ -617,7 +604,7 @@ class TaskManager(SeedVariants[R, E]):
 
     def _destroy_pool(self) -> None:
         while (resource := self._pool.pop()) is not NO_RESOURCE:
-            self._destroy(resource)
+            self._core.destroy(resource)
 
     def _await(self, greenlets: list[Any], done: Callable[[], bool], deadline: _Deadline, what: str) -> None:
         """Wait until every greenlet has ended and ``done()``, or until the deadline."""
@@ -636,7 +623,7 @@ class TaskManager(SeedVariants[R, E]):
         try:
             while left or not done():
                 if deadline.expired.is_set():
-                    self._log(
+                    self._core.log(
                         "error", "tasker: gave up after kill_timeout=%s s waiting for %s to end (%d greenlets left)",
                         self._config.kill_timeout, what, left,
                     )
@@ -649,152 +636,3 @@ class TaskManager(SeedVariants[R, E]):
                 greenlet.unlink(ended)
 
     # -- what the actors call -------------------------------------------------------
-
-    def _finish(self, msg: TaskResult, exc: BaseException | None, value: Any = None, cancelled: bool = False) -> None:
-        """Resolve ``msg``'s reply unless it already is, and record it; the only place that does.
-
-        ``cancelled``: the task was withdrawn (``cancel()``, a cancelled context, ``kill()``),
-        which the metrics count apart from failures.
-        """
-        if msg.ready():
-            return
-        self._done += 1
-        now = self._now()
-        started = msg._started_at
-        stamps = TaskLifecycleTimestamps(msg._queued_at, now if started is None else started, now)
-        if exc is None:
-            msg.set(value)
-        else:
-            msg.set_exception(exc)
-        self._record(stamps, exc is not None, cancelled)
-
-    def _record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool) -> None:
-        """Tell the collector how one task ended (a queued task or a ``run_task`` call)."""
-        try:
-            if not failed:
-                self._collector.record_completion(stamps)
-            elif not cancelled:
-                self._collector.record_failure(stamps)
-            elif self._record_cancellation is not None:
-                self._record_cancellation(stamps)
-        except BaseException as error:
-            self._survive(error)
-            self._log("error", "tasker: the collector raised %r", error)
-
-    def _record_arrival(self) -> None:
-        try:
-            self._collector.record_arrival()
-        except BaseException as exc:
-            self._survive(exc)
-            self._log("error", "tasker: collector.record_arrival raised %r", exc)
-
-    def _survive(self, exc: BaseException) -> None:
-        """Re-raise what user code raised that must end the greenlet; swallow the rest.
-
-        The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
-        custom BaseException from them must not end one. ``KeyboardInterrupt`` and
-        ``SystemExit`` keep gevent's meaning, and a ``GreenletExit`` in a greenlet that
-        shutdown is ending is shutdown's own.
-        """
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise exc
-        if isinstance(exc, gevent.GreenletExit) and getcurrent() in self._ending:
-            raise exc
-
-    def _end(self, greenlet: Any) -> None:
-        """Kill one of our greenlets (a worker, an actor) as part of shutdown."""
-        self._ending.add(greenlet)
-        greenlet.kill(block=False)
-
-    def _redeliver(self, msg: TaskResult) -> None:
-        if self._killing:  # the queue was drained already: nothing would take it
-            self._finish(msg, TaskKilledError("dropped by kill() before its redelivery"), cancelled=True)
-            return
-        if msg._ctx is not None and msg._ctx._cancelled:
-            self._finish(msg, CancelledError("cancelled while it ran"), cancelled=True)
-            return
-        msg._ctx = None
-        self._mailbox.put(msg, front=True)  # before the collector runs: nothing it raises can lose it
-        try:
-            self._collector.record_retry()
-        except BaseException as error:
-            self._survive(error)
-            self._log("error", "tasker: collector.record_retry raised %r", error)
-
-    def _retry_later(self, msg: TaskResult, exc: BaseException) -> bool:
-        """A healthy failure: retry it after a backoff if its policy says so (True if
-        the message is dealt with: delayed, or answered with ``RetriesExhaustedError``)."""
-        policy = msg._retry or self._retry
-        if policy is None or msg._once or self._killing or msg.ready():
-            return False
-        if (msg._ctx is not None and msg._ctx.cancelled) or not policy.retries(exc):
-            return False  # cancel() while it ran: not retried
-        if msg._retries >= policy.attempts:
-            if not msg._retries:
-                return False  # attempts=0: the caller gets its own error
-            self._finish(msg, RetriesExhaustedError(msg._attempts, exc))
-            return True
-        delay = policy.delay(exc, msg._retries)
-        if delay is None:  # a retry_after hint longer than the policy waits
-            return False
-        msg._retries += 1
-        msg._ctx = None  # a cancel() while it waits must find it in the mailbox, not a stale context
-        self._mailbox.delay(msg, delay)
-        if self._record_transient_retry is not None:
-            try:
-                self._record_transient_retry()
-            except BaseException as error:
-                self._survive(error)
-                self._log("error", "tasker: collector.record_transient_retry raised %r", error)
-        return True
-
-    def _cancel(self, msg: TaskResult) -> bool:
-        if get_ident() != self._thread:
-            return call_in_hub(self._hub, self._cancel, msg)  # type: ignore[no-any-return]
-        if msg.ready():
-            return False
-        if self._mailbox.remove(msg) or msg._ctx is None:
-            self._finish(msg, CancelledError("cancelled before it ran"), cancelled=True)
-        else:
-            msg._ctx.cancel()
-        return True
-
-    def _time_out(self, worker: Worker, msg: TaskResult) -> None:
-        if worker.current is not msg or not worker.in_task:
-            return
-        error = TaskTimeoutError(f"task ran longer than its timeout of {msg._timeout} s")
-        assert msg._ctx is not None
-        msg._ctx.cancel()
-        self._finish(msg, error)
-        self._hub.loop.run_callback(self._throw_timeout, worker, msg, error)
-
-    def _throw_timeout(self, worker: Worker, msg: TaskResult, error: BaseException) -> None:
-        if worker.current is msg and worker.in_task:
-            worker.greenlet.throw(Interrupt(error))
-
-    def _healthy(self, exc: BaseException) -> bool:
-        check = self._config.check_health
-        if check is None:
-            return True
-        try:
-            return bool(check(exc))
-        except BaseException as error:
-            self._survive(error)
-            self._log("error", "tasker: check_health raised %r; treating the worker as unhealthy", error)
-            return False
-
-    def _destroy(self, resource: Any) -> None:
-        on_destroy = self._config.on_destroy
-        if on_destroy is not None:
-            try:
-                on_destroy(resource)
-            except BaseException as exc:  # a close bounded by its own Timeout, or worse
-                self._survive(exc)
-                self._log("error", "tasker: on_destroy raised %r", exc)
-
-    def _log(self, level: str, msg: str, *args: Any) -> None:
-        try:
-            getattr(self._logger, level)(msg, *args)
-        except BaseException as exc:
-            self._survive(exc)
-            logging.getLogger("tasker").error("tasker: the logger raised %r", exc)

@@ -11,17 +11,22 @@ it ready and leaves it alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.event import AsyncResult
 
 from ._context import Context
 
 if TYPE_CHECKING:
-    from ._manager import TaskManager
     from ._retry import RetryPolicy
 
 __all__ = ["Interrupt", "TaskResult"]
+
+
+class Canceller(Protocol):
+    """Where ``TaskResult.cancel()`` goes: the core of the manager that made the message."""
+
+    def cancel(self, msg: TaskResult) -> bool: ...
 
 
 class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
@@ -33,10 +38,10 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
 
     __slots__ = (
         "_attempts",
+        "_core",
         "_ctx",
         "_fn",
         "_key",
-        "_manager",
         "_once",
         "_priority",
         "_queued_at",
@@ -48,7 +53,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
 
     def __init__(
         self,
-        manager: TaskManager[Any, Any],
+        core: Canceller,
         fn: Callable[[Context, Any], Any],
         priority: bool,
         once: bool,
@@ -58,7 +63,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         retry: RetryPolicy | None = None,
     ) -> None:
         AsyncResult.__init__(self)
-        self._manager = manager
+        self._core = core
         self._fn = fn
         self._priority = priority
         self._once = once
@@ -80,7 +85,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
             True if the message was removed or its context cancelled, False if it had
             already finished.
         """
-        return self._manager._cancel(self)
+        return self._core.cancel(self)
 
     @property
     def attempts(self) -> int:

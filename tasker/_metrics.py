@@ -117,7 +117,7 @@ class Collector:
         self._cancelled = 0
         self._retried = 0
         self._transient = 0
-        self._pending: list[TaskLifecycleTimestamps] = []  # completions not folded in yet
+        self._pending: list[tuple[float, float, float]] = []  # (queued, started, finished) not folded in yet
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
         self._finishes = _RateWindow(window, 20, now)

@@ -10,18 +10,15 @@ metrics like queued tasks: an arrival, then a completion, failure or cancellatio
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from greenlet import getcurrent
 
 from ._context import Context
+from ._core import NO_RESOURCE, Core
 from ._errors import CancelledError, ResourceCreationError, TaskKilledError
 from ._message import Interrupt
 from ._types import TaskLifecycleTimestamps
-from ._worker import NO_RESOURCE
-
-if TYPE_CHECKING:
-    from ._manager import TaskManager
 
 __all__ = ["ResourcePool"]
 
@@ -29,8 +26,8 @@ __all__ = ["ResourcePool"]
 class ResourcePool:
     """Free resources for ``run_task``, and the greenlets running it now."""
 
-    def __init__(self, manager: TaskManager[Any, Any], resources: list[Any]) -> None:
-        self._manager = manager
+    def __init__(self, core: Core, resources: list[Any]) -> None:
+        self._core = core
         self._free = resources
         self.running: list[Any] = []  # greenlets inside run_task (a list: calls may nest)
         self.destroying: set[Any] = set()  # of those, the ones in on_destroy: never interrupted
@@ -52,9 +49,9 @@ class ResourcePool:
         return [g for g in set(self.running) if g is not me and g not in self.destroying]
 
     def run(self, fn: Callable[[Context, Any], Any]) -> Any:
-        manager = self._manager
-        manager._check_accepting()
-        now = manager._now
+        core = self._core
+        core.check_accepting()
+        now = core.now
         queued_at = now()
         started_at: float | None = None
         finished_at = queued_at
@@ -64,19 +61,19 @@ class ResourcePool:
         resource = NO_RESOURCE
         temporary = False
         try:
-            manager._record_arrival()
+            core.record_arrival()
             if self._free:
                 resource = self._free.pop()
             else:
                 temporary = True
                 try:
-                    resource = manager._config.on_create()
+                    resource = core.on_create()
                 except Exception as exc:
                     cancelled = False
                     raise ResourceCreationError(f"on_create raised {exc!r} for run_task") from exc
-            if manager._killing:
+            if core.killing:
                 raise TaskKilledError("the manager was killed before the task started")
-            ctx = Context(manager._ctx)
+            ctx = Context(core.ctx)
             started_at = now()
             try:
                 value = fn(ctx, resource)
@@ -92,14 +89,14 @@ class ResourcePool:
             finished_at = now()
             try:
                 if resource is not NO_RESOURCE:
-                    if temporary or manager._tearing_down:  # torn down while it ran
+                    if temporary or core.tearing_down:  # torn down while it ran
                         self.destroying.add(me)
-                        manager._destroy(resource)
+                        core.destroy(resource)
                     else:
                         self._free.append(resource)
             finally:
                 self.destroying.discard(me)
                 self.running.remove(me)
                 started = finished_at if started_at is None else started_at
-                manager._record(TaskLifecycleTimestamps(queued_at, started, finished_at), failed, cancelled)
-                manager._progressed()
+                core.record(TaskLifecycleTimestamps(queued_at, started, finished_at), failed, cancelled)
+                core.progressed()

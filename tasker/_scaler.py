@@ -24,12 +24,11 @@ workers started then exit with the others once the lanes are empty.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
 
 import gevent
 
-if TYPE_CHECKING:
-    from ._manager import TaskManager
+from ._core import Core
+from ._supervisor import Supervisor
 
 __all__ = ["Scaler"]
 
@@ -37,10 +36,12 @@ __all__ = ["Scaler"]
 class Scaler:
     """Spawns and retires burst workers."""
 
-    def __init__(self, manager: TaskManager[Any, Any], max_workers: int, linger: float) -> None:
-        self._manager = manager
+    def __init__(self, core: Core, supervisor: Supervisor, max_workers: int, interval: float, linger: float) -> None:
+        self._core = core
+        self._supervisor = supervisor
         self._max = max_workers
-        self._step = math.ceil((max_workers - manager._config.worker_count) / 2)
+        self._step = math.ceil((max_workers - supervisor.base_count) / 2)
+        self._interval = interval
         self._linger = linger
         self._arrived = 0
         self._done = 0
@@ -48,25 +49,25 @@ class Scaler:
         self.greenlet = gevent.Greenlet(self._run)
 
     def _run(self) -> None:
-        manager = self._manager
-        sleep = manager._clock.sleep
-        interval = manager._config.burst_interval
+        core = self._core
+        sleep = core.clock.sleep
+        interval = self._interval
         while not self.closed:
             try:
                 sleep(interval)
             except BaseException as exc:  # a timer user code left behind (the logger's)
-                manager._survive(exc)
+                core.survive(exc)
                 continue
             self.tick()
 
     def tick(self) -> None:
         """One look at the load: start or retire burst workers."""
-        manager = self._manager
-        mailbox = manager._mailbox
-        supervisor = manager._supervisor
-        arrived, self._arrived = manager._arrived - self._arrived, manager._arrived
-        done, self._done = manager._done - self._done, manager._done
-        if manager._killing:
+        core = self._core
+        mailbox = core.mailbox
+        supervisor = self._supervisor
+        arrived, self._arrived = core.arrived - self._arrived, core.arrived
+        done, self._done = core.done - self._done, core.done
+        if core.killing:
             return
         backlog = mailbox.eligible()  # not the messages waiting for their key, a token or a retry
         if backlog and not (mailbox.idle or mailbox.idle_burst) and (arrived >= done or backlog > done):
@@ -77,8 +78,8 @@ class Scaler:
             if count > 0 and supervisor.may_start():
                 for _ in range(count):
                     supervisor.start_worker(burst=True)
-                manager._log("info", "tasker: started %d burst workers (backlog %d)", count, backlog)
+                core.log("info", "tasker: started %d burst workers (backlog %d)", count, backlog)
             return
-        retired = mailbox.retire_idle_bursts(manager._now() - self._linger)
+        retired = mailbox.retire_idle_bursts(core.now() - self._linger)
         if retired:
-            manager._log("debug", "tasker: retired %d idle burst workers", retired)
+            core.log("debug", "tasker: retired %d idle burst workers", retired)

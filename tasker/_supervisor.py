@@ -20,18 +20,16 @@ supervisor sets ``drained`` when the last worker is gone and the lanes are empty
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 from gevent.event import Event
 from gevent.queue import SimpleQueue
 
 from ._clock import TimerHandle
+from ._core import NO_RESOURCE, Core
 from ._errors import ResourceCreationError, RetriesExhaustedError, TaskKilledError
-from ._worker import NO_RESOURCE, Exit, Worker
-
-if TYPE_CHECKING:
-    from ._manager import TaskManager
+from ._worker import Exit, Worker
 
 __all__ = ["BACKOFF_CAP", "BACKOFF_FIRST", "Supervisor"]
 
@@ -44,8 +42,9 @@ _RESTART: Any = object()  # inbox token: time to try the missing base workers ag
 class Supervisor:
     """Owns the set of workers: starts, reaps and replaces them."""
 
-    def __init__(self, manager: TaskManager[Any, Any]) -> None:
-        self._manager = manager
+    def __init__(self, core: Core, base_count: int) -> None:
+        self._core = core
+        self.base_count = base_count  # the base workers it keeps
         self._inbox: SimpleQueue[Any] = SimpleQueue()
         self.workers: dict[gevent.Greenlet, Worker] = {}
         self.drained = Event()
@@ -59,7 +58,7 @@ class Supervisor:
 
     def start_worker(self, burst: bool, resource: Any = NO_RESOURCE) -> Worker:
         """Start a worker; it creates its own resource unless one is given."""
-        worker = Worker(self._manager, burst, resource)
+        worker = Worker(self._core, self.started, burst, resource)
         if resource is NO_RESOURCE:
             worker.starting = True
             self.starting += 1
@@ -75,14 +74,14 @@ class Supervisor:
 
     def may_start(self) -> bool:
         """Whether the restart backoff allows starting a worker now."""
-        return self._manager._now() >= self._next_start
+        return self._core.now() >= self._next_start
 
     def started(self, worker: Worker) -> None:
         """Called by a worker whose resource was created: the streak, if any, is over."""
         worker.starting = False
         self.starting -= 1
         if self._streak:
-            self._manager._log("info", "tasker: on_create works again after %d failures", self._streak)
+            self._core.log("info", "tasker: on_create works again after %d failures", self._streak)
             self._streak = 0
             self._next_start = 0.0
 
@@ -96,8 +95,8 @@ class Supervisor:
             try:
                 item = get()
             except BaseException as exc:  # a timer user code left behind (the logger's)
-                self._manager._survive(exc)
-                self._manager._log("error", "tasker: the supervisor was interrupted by %r; going on", exc)
+                self._core.survive(exc)
+                self._core.log("error", "tasker: the supervisor was interrupted by %r; going on", exc)
                 continue
             if item is _RESTART:
                 self._timer = None
@@ -106,8 +105,8 @@ class Supervisor:
                 try:
                     self._reap(item)
                 except BaseException as exc:  # a bug here must not strand every caller
-                    self._manager._survive(exc)
-                    self._manager._log("error", "tasker: supervisor failed to reap a worker: %r", exc)
+                    self._core.survive(exc)
+                    self._core.log("error", "tasker: supervisor failed to reap a worker: %r", exc)
             self._check_drained()
 
     def _reap(self, greenlet: gevent.Greenlet) -> None:
@@ -117,8 +116,8 @@ class Supervisor:
         if worker.starting:  # it ended in on_create
             worker.starting = False
             self.starting -= 1
-        manager = self._manager
-        manager._mailbox.release(worker)  # before any redelivery: its key slot is free
+        core = self._core
+        core.mailbox.release(worker)  # before any redelivery: its key slot is free
         outcome = greenlet.value if greenlet.successful() else None
         if not isinstance(outcome, Exit):
             outcome = Exit("crashed", greenlet.exception)
@@ -130,20 +129,20 @@ class Supervisor:
             self._create_failed(worker, outcome.error)
         elif outcome.reason != "idle":
             msg, worker.current = worker.current, None
-            if msg is not None and worker.died_parked and not manager._killing:
+            if msg is not None and worker.died_parked and not core.killing:
                 # Handed to the worker as it died parked: it never ran there, so it goes
                 # back to the front of its lane (not a retry: no attempt was used).
-                manager._mailbox.put(msg, front=True)
+                core.mailbox.put(msg, front=True)
             elif msg is not None:  # it crashed while a message was assigned to it
-                manager._finish(msg, TaskKilledError(f"worker crashed: {outcome.error!r}"))
+                core.finish(msg, TaskKilledError(f"worker crashed: {outcome.error!r}"))
             self._replace(worker)
         if outcome.reason in ("unhealthy", "broken", "crashed"):
-            manager._log("warning", "tasker: retired a worker after %r", outcome.error)
+            core.log("warning", "tasker: retired a worker after %r", outcome.error)
 
     def _replace(self, worker: Worker) -> None:
-        if worker.burst or self._manager._killing:
+        if worker.burst or self._core.killing:
             return
-        if self._manager._mailbox.closing and not self._manager._mailbox:
+        if self._core.mailbox.closing and not self._core.mailbox:
             return
         if self.may_start():
             self.start_worker(burst=False)
@@ -152,7 +151,7 @@ class Supervisor:
             self._schedule_restart()
 
     def _redeliver_or_answer(self, worker: Worker, outcome: Exit) -> None:
-        manager = self._manager
+        core = self._core
         msg = outcome.message
         exc = outcome.error
         assert msg is not None and exc is not None
@@ -160,38 +159,38 @@ class Supervisor:
         if msg.ready():  # timed out or cancelled while it ran
             return
         redeliveries = msg._attempts - 1 - msg._retries  # transient retries are not redeliveries
-        if not msg._once and redeliveries < manager._config.max_retries:
-            manager._redeliver(msg)
+        if not msg._once and redeliveries < core.max_retries:
+            core.redeliver(msg)
         elif redeliveries:
-            manager._finish(msg, RetriesExhaustedError(msg._attempts, exc))
-            manager._log("warning", "tasker: task failed after %d attempts: %r", msg._attempts, exc)
+            core.finish(msg, RetriesExhaustedError(msg._attempts, exc))
+            core.log("warning", "tasker: task failed after %d attempts: %r", msg._attempts, exc)
         else:
-            manager._finish(msg, exc)
+            core.finish(msg, exc)
 
     def _create_failed(self, worker: Worker, exc: BaseException) -> None:
-        manager = self._manager
+        core = self._core
         self._streak += 1
         delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self._streak - 1))
-        self._next_start = manager._now() + delay
+        self._next_start = core.now() + delay
         if self._streak == 1:
-            manager._log("warning", "tasker: on_create failed, retrying with backoff: %r", exc)
+            core.log("warning", "tasker: on_create failed, retrying with backoff: %r", exc)
         if not worker.burst:
             self._missing_base += 1
             self._schedule_restart()
         if not self.workers:  # none alive, none on its way: nobody will serve the queue
-            for msg in manager._mailbox.drain():
+            for msg in core.mailbox.drain():
                 error = ResourceCreationError(f"no worker could be started: on_create raised {exc!r}")
                 error.__cause__ = exc  # one error per caller: each raise grows its own traceback
-                manager._finish(msg, error)
+                core.finish(msg, error)
 
     def _schedule_restart(self) -> None:
         if self._timer is None:
-            delay = max(0.0, self._next_start - self._manager._now())
-            self._timer = self._manager._clock.call_later(delay, self._inbox.put, _RESTART)
+            delay = max(0.0, self._next_start - self._core.now())
+            self._timer = self._core.clock.call_later(delay, self._inbox.put, _RESTART)
 
     def _restart_missing(self) -> None:
-        manager = self._manager
-        if manager._killing or (manager._mailbox.closing and not manager._mailbox):
+        core = self._core
+        if core.killing or (core.mailbox.closing and not core.mailbox):
             self._missing_base = 0
             return
         missing, self._missing_base = self._missing_base, 0
@@ -199,12 +198,12 @@ class Supervisor:
             self.start_worker(burst=False)
 
     def _check_drained(self) -> None:
-        manager = self._manager
-        if not manager._mailbox.closing or self.drained.is_set():
+        core = self._core
+        if not core.mailbox.closing or self.drained.is_set():
             return
-        if not self.workers and not manager._mailbox:
+        if not self.workers and not core.mailbox:
             self.drained.set()
-            manager._check_quiet()
+            core.progressed()
         elif not self.workers and self._timer is None and self._missing_base == 0:
             # Messages remain and no worker will come: start one to drain them.
             self._missing_base = 1

@@ -14,21 +14,18 @@ It exits, returning an :class:`Exit` for the supervisor to read, when:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import gevent
 
 from ._context import Context
+from ._core import NO_RESOURCE, Core
 from ._errors import CancelledError, TaskKilledError, TaskTimeoutError
 from ._message import Interrupt, TaskResult
 
-if TYPE_CHECKING:
-    from ._manager import TaskManager
-
-__all__ = ["NO_RESOURCE", "Exit", "Worker"]
-
-NO_RESOURCE: Any = object()  # a resource may legitimately be None
+__all__ = ["Exit", "Worker"]
 
 
 @attrs.frozen
@@ -48,6 +45,7 @@ class Worker:
 
     __slots__ = (
         "burst",
+        "core",
         "current",
         "destroying",
         "died_parked",
@@ -55,13 +53,16 @@ class Worker:
         "idle_since",
         "in_task",
         "keyed",
-        "manager",
         "resource",
+        "started_hook",
         "starting",
     )
 
-    def __init__(self, manager: TaskManager[Any, Any], burst: bool, resource: Any = NO_RESOURCE) -> None:
-        self.manager = manager
+    def __init__(
+        self, core: Core, started: Callable[[Worker], None], burst: bool, resource: Any = NO_RESOURCE
+    ) -> None:
+        self.core = core
+        self.started_hook = started  # the supervisor's: called once the resource exists
         self.burst = burst
         self.resource = resource
         self.current: TaskResult | None = None  # assigned message, until it is answered
@@ -79,15 +80,14 @@ class Worker:
         return self.resource is not NO_RESOURCE
 
     def _main(self) -> Exit:
-        manager = self.manager
         if self.resource is NO_RESOURCE:
             try:
-                self.resource = manager._config.on_create()
+                self.resource = self.core.on_create()
             except (KeyboardInterrupt, SystemExit):
                 raise  # gevent's meaning: they go to the main greenlet
             except BaseException as exc:  # gevent.Timeout, GreenletExit, ...: all get the backoff
                 return Exit("create_failed", exc)
-            manager._supervisor.started(self)
+            self.started_hook(self)
         try:
             return self._loop()
         finally:
@@ -99,11 +99,10 @@ class Worker:
         resource, self.resource = self.resource, NO_RESOURCE
         if resource is not NO_RESOURCE:
             self.destroying = True
-            self.manager._destroy(resource)
+            self.core.destroy(resource)
 
     def _loop(self) -> Exit:
-        manager = self.manager
-        take = manager._mailbox.take
+        take = self.core.mailbox.take
         run = self._run
         while True:
             msg = take(self)
@@ -118,13 +117,13 @@ class Worker:
                 return outcome
 
     def _run(self, msg: TaskResult) -> Exit | None:
-        manager = self.manager
+        core = self.core
         msg._attempts += 1
-        msg._started_at = manager._now()
-        ctx = msg._ctx = Context(manager._ctx)
+        msg._started_at = core.now()
+        ctx = msg._ctx = Context(core.ctx)
         timer = None
         if msg._timeout is not None:
-            timer = manager._clock.call_later(msg._timeout, manager._time_out, self, msg)
+            timer = core.clock.call_later(msg._timeout, core.time_out, self, msg)
         self.in_task = True
         try:
             value = msg._fn(ctx, self.resource)
@@ -141,32 +140,32 @@ class Worker:
         if timer is not None:
             timer.cancel()
         self.current = None
-        manager._finish(msg, None, value)
+        core.finish(msg, None, value)
         return None
 
     def _failed(self, msg: TaskResult, exc: BaseException) -> Exit | None:
-        manager = self.manager
+        core = self.core
         # While kill() runs nothing is redelivered: the caller gets the task's own error.
-        if manager._killing or manager._healthy(exc):
+        if core.killing or core.healthy(exc):
             self.current = None
             # A task that gave up because its context was cancelled was cancelled, not failed.
             cancelled = isinstance(exc, CancelledError) and msg._ctx is not None and msg._ctx.cancelled
-            if not cancelled and manager._retry_later(msg, exc):
+            if not cancelled and core.retry_later(msg, exc):
                 return None
-            manager._finish(msg, exc, cancelled=cancelled)
+            core.finish(msg, exc, cancelled=cancelled)
             return None
         return Exit("unhealthy", exc, msg)
 
     def _broken(self, msg: TaskResult, exc: BaseException) -> Exit:
         """A BaseException that is not ours: answer the caller, then leave for good."""
-        manager = self.manager
+        core = self.core
         if isinstance(exc, gevent.Timeout):
             error: BaseException = TaskTimeoutError(f"task raised its own {exc!r}")
         else:
             error = TaskKilledError(f"task raised {exc!r}")
         error.__cause__ = exc
         self.current = None
-        manager._finish(msg, error)
-        if manager._killing or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        core.finish(msg, error)
+        if core.killing or isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc  # kill() is ending us; or gevent's meaning: it goes to the main greenlet
         return Exit("broken", exc)

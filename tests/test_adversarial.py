@@ -194,3 +194,79 @@ class TestHookRaisesBaseException:
         assert [manager.queue_task((lambda n: lambda ctx, r: n)(i)) for i in range(3)] == [0, 1, 2]
         assert manager.stats().base_workers == 1
         finish(manager, res)
+
+
+class TestYieldingCollector:
+    """A collector whose record_arrival yields to the hub cannot make stop() lose that submission."""
+
+    @pytest.mark.parametrize("variant", ["submit", "callback"])
+    def test_stop_racing_the_arrival(self, variant: str) -> None:
+        res = Resources()
+        stopped: list[bool] = []
+
+        class Yielding(tasker.Collector):
+            def record_arrival(self) -> None:
+                stopper = gevent.spawn(lambda: stopped.append(manager.stop()))
+                stopper.join(timeout=0.3)  # yields until stop() has finished (or waits on the callback we owe)
+                super().record_arrival()
+
+        manager: Manager = TaskManager(res.config(worker_count=1, collector=Yielding()))
+        called: list[Any] = []
+        if variant == "submit":
+            reply = manager.submit(lambda ctx, r: "answered")
+        else:
+            manager.queue_task_with_callback(lambda ctx, r: "answered", lambda result, error: called.append(result))
+        manager._finished.wait(5)
+        assert stopped == [True]
+        if variant == "submit":
+            assert reply.get(timeout=0) == "answered"
+        else:
+            assert called == ["answered"]  # stop() waited for the callback it owed
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+
+class TestBadInputFamily7:
+    """Inputs accepted before issue #10 that failed later, or froze the loop, are refused at the call."""
+
+    def test_context_wait_nan_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="nan"):
+            tasker.Context().wait(float("nan"))  # would freeze the whole loop, a Timeout included
+        with pytest.raises(TypeError, match="'1'"):
+            tasker.Context().wait("1")  # type: ignore[arg-type]
+        assert tasker.Context().wait(0) is False
+
+    def test_context_parent_must_be_a_context(self) -> None:
+        with pytest.raises(TypeError, match="'x'"):
+            tasker.Context("x")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("field", "cls"), [("collector", tasker.Collector), ("clock", tasker.MonotonicClock), ("clock", FakeClock)]
+    )
+    def test_config_hooks_must_be_instances(self, field: str, cls: type) -> None:
+        with pytest.raises(TypeError, match=f"Config.{field} must be an instance"):
+            kwargs: dict[str, Any] = {field: cls}
+            tasker.Config(on_create=lambda: 1, worker_count=1, **kwargs)
+
+    @pytest.mark.parametrize("flag", ["priority", "once", "block"])
+    @pytest.mark.parametrize("bad", ["no", "false", 1, 0, None])
+    def test_flags_must_be_bools(self, flag: str, bad: Any) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1))
+        kwargs: dict[str, Any] = {flag: bad}
+        with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+            manager.submit(lambda ctx, r: 1, **kwargs)
+        assert manager.metrics().task_arrival_rate == 0.0  # nothing was accepted
+        finish(manager, res)
+
+    def test_submit_after_the_parent_is_cancelled_raises_at_once(self) -> None:
+        res = Resources()
+        parent = tasker.Context()
+        manager: Manager = TaskManager(res.config(worker_count=1, ctx=parent))
+        parent.cancel()  # the watcher has not run yet: no yield since
+        with pytest.raises(tasker.ManagerStoppedError, match="parent context"):
+            manager.submit(lambda ctx, r: 1)
+        with pytest.raises(tasker.ManagerStoppedError, match="parent context"):
+            manager.run_task(lambda ctx, r: 1)
+        assert manager._finished.wait(5)
+        res.assert_all_destroyed_once()

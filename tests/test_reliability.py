@@ -622,7 +622,7 @@ class ManagerMachine(RuleBasedStateMachine):
         self.factory.failing = False
         self.clock.advance(BACKOFF_CAP + 1.0)
         self._settle()
-        if not self.closing and not self.m._killing:
+        if not self.closing and not self.m._core.killing:
             assert self.m.stats().base_workers == self.worker_count, self.m.stats()
 
     @precondition(lambda self: self.async_replies)
@@ -736,7 +736,7 @@ class ManagerMachine(RuleBasedStateMachine):
         elif isinstance(exc, Unhealthy):
             assert any(exc is e for e in probe.raised)
             # Never redelivered: at most once, no retries, or it failed while kill() ran.
-            assert self.m._killing or (msg.attempts == 1 and (probe.once or self.max_retries == 0)), (
+            assert self.m._core.killing or (msg.attempts == 1 and (probe.once or self.max_retries == 0)), (
                 msg.attempts,
                 probe.once,
             )
@@ -745,7 +745,7 @@ class ManagerMachine(RuleBasedStateMachine):
             assert exc.attempts == msg.attempts == self.max_retries + 1
             assert exc.__cause__ is probe.raised[-1] and exc.cause is exc.__cause__
         elif isinstance(exc, TaskKilledError):
-            assert self.m._killing, f"TaskKilledError without kill(): {exc!r}"
+            assert self.m._core.killing, f"TaskKilledError without kill(): {exc!r}"
         elif isinstance(exc, CancelledError):
             assert msg in self.cancelled, f"CancelledError for a reply nobody cancelled: {exc!r}"
         elif isinstance(exc, TaskTimeoutError):
@@ -877,7 +877,7 @@ class ManagerMachine(RuleBasedStateMachine):
         if self.kill_called:
             ending = "kill"
         elif self.stopper is not None:
-            ending = "stop, then kill" if m._killing else "stop"
+            ending = "stop, then kill" if m._core.killing else "stop"
         elif self.parent_cancelled:
             ending = "parent cancel"
         elif self.end_with_kill:
@@ -950,7 +950,7 @@ class ManagerMachine(RuleBasedStateMachine):
             elif any(out is e for e in probe.raised):
                 pass
             elif isinstance(out, TaskKilledError):
-                assert m._killing
+                assert m._core.killing
             elif isinstance(out, ResourceCreationError):
                 assert self.factory.create_failures and isinstance(out.__cause__, ConnectionError)
             elif isinstance(out, ManagerStoppedError):

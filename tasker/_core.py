@@ -1,0 +1,262 @@
+"""The core the actors share: what a worker, the supervisor, the scaler and the pool may use.
+
+``TaskManager`` (the façade, ``_manager``) builds one :class:`Core` and hands it to each
+actor; the actors never see the façade. The core holds:
+
+- the user's hooks (``on_create``, ``destroy`` for ``on_destroy``, ``healthy`` for
+  ``check_health``), the logger and the collector, each called so that nothing it
+  raises ends an actor (:meth:`Core.survive`);
+- the clock, the mailbox, the manager's root context;
+- :meth:`Core.finish`, the only code that resolves a reply: once, and recorded once, so
+  every submission gets exactly one answer however kill, timeouts, cancels and workers
+  race;
+- the paths a message takes back: :meth:`Core.redeliver` and :meth:`Core.cancel`, a
+  run's timeout (:meth:`Core.time_out`), and a transient retry after a backoff
+  (:meth:`Core.retry_later`, by the ``RetryPolicy``);
+- the lifecycle flags the actors read (``accepting``, ``killing``, ``tearing_down``),
+  which only the façade sets.
+
+Dependencies run one way: façade → actors (``_supervisor``, ``_scaler``, ``_worker``,
+``_pool``) → core → values (``_message``, ``_context``, ``_types``, ``_errors``,
+``_clock``, ``_mailbox``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from greenlet import getcurrent
+
+from ._clock import Clock
+from ._context import Context
+from ._errors import CancelledError, ManagerStoppedError, RetriesExhaustedError, TaskKilledError, TaskTimeoutError
+from ._mailbox import Mailbox
+from ._message import Interrupt, TaskResult
+from ._retry import RetryPolicy
+from ._threads import call_in_hub, get_ident
+from ._types import Logger, MetricsCollector, TaskLifecycleTimestamps
+
+__all__ = ["NO_RESOURCE", "Core"]
+
+NO_RESOURCE: Any = object()  # a resource may legitimately be None
+
+
+def _nothing() -> None:
+    pass
+
+
+class Core:
+    """State and operations shared by the actors of one manager."""
+
+    def __init__(
+        self,
+        *,
+        on_create: Callable[[], Any],
+        on_destroy: Callable[[Any], object] | None,
+        check_health: Callable[[BaseException], bool] | None,
+        max_retries: int,
+        clock: Clock,
+        mailbox: Mailbox,
+        retry: RetryPolicy | None = None,
+        logger: Logger,
+        collector: MetricsCollector,
+        parent: Context | None,
+    ) -> None:
+        self.on_create = on_create
+        self._on_destroy = on_destroy
+        self._check_health = check_health
+        self.max_retries = max_retries
+        self.clock = clock
+        self.now = clock.now
+        self.mailbox = mailbox
+        self.retry = retry  # Config.retry: the default policy of transient retries
+        self._logger = logger
+        self.collector = collector
+        self._record_cancellation = getattr(collector, "record_cancellation", None)  # optional
+        self._record_transient_retry = getattr(collector, "record_transient_retry", None)  # optional
+        self.parent = parent
+        self.ctx = parent.child() if parent is not None else Context()
+        self.hub = gevent.get_hub()
+        self.thread = get_ident()  # calls from other threads are handed to this one
+        self.accepting = True
+        self.killing = False
+        self.tearing_down = False
+        self.arrived = 0  # accepted submissions (the scaler's own counters)
+        self.done = 0  # resolved replies
+        self.ending: set[Any] = set()  # greenlets shutdown has killed: their GreenletExit is ours
+        self.progressed: Callable[[], None] = _nothing  # the façade's: something shutdown waits for ended
+
+    # -- replies -------------------------------------------------------------------------
+
+    def finish(self, msg: TaskResult, exc: BaseException | None, value: Any = None, cancelled: bool = False) -> None:
+        """Resolve ``msg``'s reply unless it already is, and record it; the only place that does.
+
+        ``cancelled``: the task was withdrawn (``cancel()``, a cancelled context, ``kill()``),
+        which the metrics count apart from failures.
+        """
+        if msg.ready():
+            return
+        self.done += 1
+        now = self.now()
+        started = msg._started_at
+        stamps = TaskLifecycleTimestamps(msg._queued_at, now if started is None else started, now)
+        if exc is None:
+            msg.set(value)
+        else:
+            msg.set_exception(exc)
+        self.record(stamps, exc is not None, cancelled)
+
+    def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool) -> None:
+        """Tell the collector how one task ended (a queued task or a ``run_task`` call)."""
+        try:
+            if not failed:
+                self.collector.record_completion(stamps)
+            elif not cancelled:
+                self.collector.record_failure(stamps)
+            elif self._record_cancellation is not None:
+                self._record_cancellation(stamps)
+        except BaseException as error:
+            self.survive(error)
+            self.log("error", "tasker: the collector raised %r", error)
+
+    def record_arrival(self) -> None:
+        try:
+            self.collector.record_arrival()
+        except BaseException as exc:
+            self.survive(exc)
+            self.log("error", "tasker: collector.record_arrival raised %r", exc)
+
+    def check_accepting(self) -> None:
+        """Raise ``ManagerStoppedError`` unless new work is accepted."""
+        if not self.accepting:
+            raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
+        if self.parent is not None and self.parent.cancelled:  # before the watcher has run
+            raise ManagerStoppedError("the manager's parent context is cancelled; no new tasks are accepted")
+
+    # -- the ways a message goes back ----------------------------------------------------
+
+    def redeliver(self, msg: TaskResult) -> None:
+        """Put a message that failed unhealthily back at the front of its lane."""
+        if self.killing:  # the queue was drained already: nothing would take it
+            self.finish(msg, TaskKilledError("dropped by kill() before its redelivery"), cancelled=True)
+            return
+        if msg._ctx is not None and msg._ctx._cancelled:
+            self.finish(msg, CancelledError("cancelled while it ran"), cancelled=True)
+            return
+        msg._ctx = None
+        self.mailbox.put(msg, front=True)  # before the collector runs: nothing it raises can lose it
+        try:
+            self.collector.record_retry()
+        except BaseException as error:
+            self.survive(error)
+            self.log("error", "tasker: collector.record_retry raised %r", error)
+
+    def retry_later(self, msg: TaskResult, exc: BaseException) -> bool:
+        """A healthy failure: retry it after a backoff if its policy says so.
+
+        True if the message is dealt with (delayed, or answered with
+        ``RetriesExhaustedError``); False: the caller gets ``exc``. Never for an
+        at-most-once message, during kill(), after a cancel, or for an answered reply
+        (a timeout answers at once: a timed-out run is not retried).
+        """
+        policy = msg._retry or self.retry
+        if policy is None or msg._once or self.killing or msg.ready():
+            return False
+        if (msg._ctx is not None and msg._ctx.cancelled) or not policy.retries(exc):
+            return False
+        if msg._retries >= policy.attempts:
+            if not msg._retries:
+                return False  # attempts=0: the caller gets its own error
+            self.finish(msg, RetriesExhaustedError(msg._attempts, exc))
+            return True
+        delay = policy.delay(exc, msg._retries)
+        if delay is None:  # a retry_after hint longer than the policy waits
+            return False
+        msg._retries += 1
+        msg._ctx = None  # a cancel() while it waits must find it in the mailbox, not a stale context
+        self.mailbox.delay(msg, delay)  # before the collector runs: nothing it raises can lose it
+        if self._record_transient_retry is not None:
+            try:
+                self._record_transient_retry()
+            except BaseException as error:
+                self.survive(error)
+                self.log("error", "tasker: collector.record_transient_retry raised %r", error)
+        return True
+
+    def cancel(self, msg: TaskResult) -> bool:
+        """``TaskResult.cancel()``: withdraw a queued message, or cancel a running one's context."""
+        if get_ident() != self.thread:
+            return call_in_hub(self.hub, self.cancel, msg)  # type: ignore[no-any-return]
+        if msg.ready():
+            return False
+        if self.mailbox.remove(msg) or msg._ctx is None:
+            self.finish(msg, CancelledError("cancelled before it ran"), cancelled=True)
+        else:
+            msg._ctx.cancel()
+        return True
+
+    def time_out(self, worker: Any, msg: TaskResult) -> None:
+        """A run's timeout fired: answer the caller now, then interrupt the task."""
+        if worker.current is not msg or not worker.in_task:
+            return
+        error = TaskTimeoutError(f"task ran longer than its timeout of {msg._timeout} s")
+        assert msg._ctx is not None
+        msg._ctx.cancel()
+        self.finish(msg, error)
+        self.hub.loop.run_callback(self._throw_timeout, worker, msg, error)
+
+    def _throw_timeout(self, worker: Any, msg: TaskResult, error: BaseException) -> None:
+        if worker.current is msg and worker.in_task:
+            worker.greenlet.throw(Interrupt(error))
+
+    # -- the user's hooks ----------------------------------------------------------------
+
+    def healthy(self, exc: BaseException) -> bool:
+        """``check_health(exc)``; a check that raises counts as unhealthy."""
+        check = self._check_health
+        if check is None:
+            return True
+        try:
+            return bool(check(exc))
+        except BaseException as error:
+            self.survive(error)
+            self.log("error", "tasker: check_health raised %r; treating the worker as unhealthy", error)
+            return False
+
+    def destroy(self, resource: Any) -> None:
+        """``on_destroy(resource)``; what it raises is logged."""
+        on_destroy = self._on_destroy
+        if on_destroy is not None:
+            try:
+                on_destroy(resource)
+            except BaseException as exc:  # a close bounded by its own Timeout, or worse
+                self.survive(exc)
+                self.log("error", "tasker: on_destroy raised %r", exc)
+
+    def log(self, level: str, msg: str, *args: Any) -> None:
+        try:
+            getattr(self._logger, level)(msg, *args)
+        except BaseException as exc:
+            self.survive(exc)
+            logging.getLogger("tasker").error("tasker: the logger raised %r", exc)
+
+    def survive(self, exc: BaseException) -> None:
+        """Re-raise what user code raised that must end the greenlet; swallow the rest.
+
+        The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
+        custom BaseException from them must not end one. ``KeyboardInterrupt`` and
+        ``SystemExit`` keep gevent's meaning, and a ``GreenletExit`` in a greenlet that
+        shutdown is ending is shutdown's own.
+        """
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+        if isinstance(exc, gevent.GreenletExit) and getcurrent() in self.ending:
+            raise exc
+
+    def end(self, greenlet: Any) -> None:
+        """Kill one of our greenlets (a worker, an actor) as part of shutdown."""
+        self.ending.add(greenlet)
+        greenlet.kill(block=False)

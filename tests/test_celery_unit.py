@@ -1,0 +1,197 @@
+"""tasker.contrib.celery in this process: the failure table, batches, the pools, the Celery internal.
+
+The worker-process behaviour is in test_celery_workers.py; here a stand-in for a bound
+Celery task records what the integration asks of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+from typing import Any
+
+import gevent
+import pytest
+from celery import Celery  # type: ignore[import-untyped]
+from celery.concurrency import get_implementation  # type: ignore[import-untyped]
+from celery.exceptions import ImproperlyConfigured, Reject, Retry  # type: ignore[import-untyped]
+
+import tasker
+from tasker.contrib.celery import Backoff, Integration, classify
+from tasker.contrib.celery._worker import pool_kind
+
+
+class StubTask:
+    """The parts of a bound Celery task the integration uses; ``retry`` records its call."""
+
+    def __init__(self, acks_late: bool = True, retries: int = 0, max_retries: int | None = 3) -> None:
+        self.acks_late = acks_late
+        self.max_retries = max_retries
+        self.request = SimpleNamespace(retries=retries)
+        self.retried: list[dict[str, Any]] = []
+
+    def retry(self, **options: Any) -> Retry:
+        self.retried.append(options)
+        return Retry("retry")
+
+
+def make_integration(**config: Any) -> Integration[str]:
+    app = Celery("unit", broker="memory://")
+    options: dict[str, Any] = {"on_create": lambda: "resource", "worker_count": 2, **config}
+    return Integration(app, lambda: tasker.Config(**options))
+
+
+@pytest.fixture
+def integration() -> Any:
+    integration = make_integration()
+    integration.start()
+    yield integration
+    integration.stop()
+
+
+class TestFailureTable:
+    """Each tasker error maps onto requeue, retry with backoff, or an ordinary failure."""
+
+    def test_classify(self) -> None:
+        assert classify(tasker.ManagerStoppedError()) == "requeue"
+        assert classify(tasker.TaskKilledError()) == "requeue"
+        assert classify(tasker.QueueFullError()) == "requeue"
+        assert classify(tasker.RetriesExhaustedError(2, ValueError())) == "retry"
+        assert classify(tasker.ResourceCreationError()) == "retry"
+        assert classify(tasker.TaskTimeoutError()) == "fail"
+        assert classify(ValueError()) == "fail"
+
+    def test_value_and_own_errors(self, integration: Integration[str]) -> None:
+        task = StubTask()
+        assert integration.call(task, lambda ctx, resource: resource + "!") == "resource!"
+        with pytest.raises(KeyError):
+            integration.call(task, lambda ctx, resource: {"present": 1}["missing"])
+        with pytest.raises(tasker.TaskTimeoutError):
+            integration.call(task, lambda ctx, resource: gevent.sleep(5), timeout=0.01)
+        assert task.retried == []
+
+    def test_stopped_manager_requeues(self, integration: Integration[str]) -> None:
+        integration.stop()
+        with pytest.raises(Reject) as rejected:
+            integration.call(StubTask(acks_late=True), lambda ctx, resource: 1)
+        assert rejected.value.requeue is True
+        task = StubTask(acks_late=False, retries=3, max_retries=3)
+        with pytest.raises(Retry):
+            integration.call(task, lambda ctx, resource: 1)
+        (retry,) = task.retried
+        assert retry["countdown"] == 0 and retry["max_retries"] == 4  # a shutdown uses up no retry
+        assert isinstance(retry["exc"], tasker.ManagerStoppedError)
+
+    def test_unhealthy_to_the_end_retries_with_backoff(self) -> None:
+        integration = make_integration(check_health=lambda exc: False, max_retries=1)
+        integration.start()
+        try:
+            task = StubTask(retries=2)
+            with pytest.raises(Retry):
+                integration.call(task, lambda ctx, resource: 1 / 0)
+        finally:
+            integration.stop()
+        (retry,) = task.retried
+        assert isinstance(retry["exc"], tasker.RetriesExhaustedError)
+        assert 2.0 <= retry["countdown"] <= 4.0  # base 1 s doubled twice, the upper half jittered
+
+    def test_backoff(self) -> None:
+        backoff = Backoff(1.0, 10.0)
+        assert all(0.5 <= backoff.countdown(0) <= 1.0 for _ in range(50))
+        assert all(5.0 <= backoff.countdown(30) <= 10.0 for _ in range(50))
+        with pytest.raises(ValueError):
+            Backoff(0, 1)
+
+    def test_no_manager_says_why(self) -> None:
+        with pytest.raises(RuntimeError, match="no TaskManager runs in this process"):
+            make_integration().call(StubTask(), lambda ctx, resource: 1)
+
+
+class TestBatch:
+    """A batch returns every item's outcome in order, and requeues only its unfinished items."""
+
+    def test_outcomes_in_order(self, integration: Integration[str]) -> None:
+        def fn(ctx: tasker.Context, resource: str, n: int) -> int:
+            if n % 3 == 0:
+                raise ValueError(n)
+            gevent.sleep(0.001 * (n % 4))
+            return n * 10
+
+        task = integration.batch_task(name="unit.batch")(fn)
+        results = task.run(list(range(10)))
+        assert results == [{"error": repr(ValueError(n))} if n % 3 == 0 else {"ok": n * 10} for n in range(10)]
+
+    def test_unfinished_items_are_requeued_with_the_finished_outcomes(self, integration: Integration[str]) -> None:
+        from tasker.contrib.celery import _batch
+
+        started = gevent.event.Event()
+
+        def fn(ctx: tasker.Context, resource: str, n: int) -> int:
+            if n >= 2:
+                started.set()
+                gevent.sleep(10)  # killed below
+            return n
+
+        task = StubTask()
+
+        def run() -> Any:
+            try:
+                _batch.run(integration, task, fn, [0, 1, 2, 3, 4], None, None, 3)
+            except Retry as retry:
+                return retry
+            return None
+
+        runner = gevent.spawn(run)
+        started.wait()
+        integration.kill()
+        assert isinstance(runner.get(), Retry)
+        (retry,) = task.retried
+        assert retry["countdown"] == 0
+        assert retry["args"] == ([2, 3, 4],)
+        carried = retry["kwargs"]["_tasker_batch"]
+        assert carried == {"n": 5, "indices": [2, 3, 4], "done": [[0, {"ok": 0}], [1, {"ok": 1}]]}
+
+        integration2 = make_integration()
+        integration2.start()
+        try:
+            rest = _batch.run(integration2, StubTask(retries=1), lambda c, r, n: n, [2, 3, 4], carried, None, None)
+        finally:
+            integration2.stop()
+        assert rest == [{"ok": n} for n in range(5)]
+
+
+class TestPools:
+    """gevent, prefork and solo are served; threads and eventlet are refused with a reason."""
+
+    def test_kinds(self) -> None:
+        assert pool_kind(get_implementation("gevent")) == "gevent"
+        assert pool_kind(get_implementation("prefork")) == "prefork"
+        assert pool_kind(get_implementation("solo")) == "solo"
+        with pytest.raises(ImproperlyConfigured, match="cannot serve the 'thread' pool"):
+            pool_kind(get_implementation("threads"))
+        with pytest.raises(ImproperlyConfigured, match="cannot serve the 'eventlet' pool"):
+            pool_kind("celery.concurrency.eventlet:TaskPool")
+
+    def test_broker_pool_is_raised_for_redis(self) -> None:
+        from tasker.contrib.celery._worker import broker_pool_check
+
+        app = Celery("unit", broker="redis://127.0.0.1:1/0")
+        broker_pool_check(app, 500, fix=True)
+        assert app.conf.broker_transport_options["max_connections"] == 510
+        memory = Celery("unit", broker="memory://")
+        broker_pool_check(memory, 500, fix=True)
+        assert "max_connections" not in (memory.conf.broker_transport_options or {})
+
+
+class TestCeleryInternals:
+    """What the integration relies on beyond Celery's public API is still there."""
+
+    def test_cold_shutdown_flag(self) -> None:
+        from celery.apps import worker  # type: ignore[import-untyped]
+        from celery.worker import state  # type: ignore[import-untyped]
+
+        assert state.should_terminate is None  # read by cold_shutdown_started()
+        source = inspect.getsource(worker.on_cold_shutdown)
+        # Set before the pool joins the greenlets it just killed: they read it then.
+        assert source.index("state.should_terminate = True") < source.index("pool.stop()")
+        assert "cancel_active_requests" in source
