@@ -34,7 +34,7 @@ from ._clock import Clock
 from ._context import Context
 from ._errors import CancelledError, ManagerStoppedError, RetriesExhaustedError, TaskKilledError, TaskTimeoutError
 from ._mailbox import Mailbox
-from ._message import Interrupt, TaskResult
+from ._message import Extra, Interrupt, TaskResult
 from ._retry import RetryPolicy
 from ._threads import call_in_hub, get_ident
 from ._types import Logger, MetricsCollector, TaskLifecycleTimestamps
@@ -162,20 +162,24 @@ class Core:
         at-most-once message, during kill(), after a cancel, or for an answered reply
         (a timeout answers at once: a timed-out run is not retried).
         """
-        policy = msg._retry or self.retry
+        extra = msg._extra
+        policy = (extra.retry if extra is not None else None) or self.retry
         if policy is None or msg._once or self.killing or msg.ready():
             return False
         if (msg._ctx is not None and msg._ctx.cancelled) or not policy.retries(exc):
             return False
-        if msg._retries >= policy.attempts:
-            if not msg._retries:
+        retries = msg.retries
+        if retries >= policy.attempts:
+            if not retries:
                 return False  # attempts=0: the caller gets its own error
             self.finish(msg, RetriesExhaustedError(msg._attempts, exc))
             return True
-        delay = policy.delay(exc, msg._retries)
+        delay = policy.delay(exc, retries)
         if delay is None:  # a retry_after hint longer than the policy waits
             return False
-        msg._retries += 1
+        if extra is None:
+            extra = msg._extra = Extra(None, None)
+        extra.retries += 1
         msg._ctx = None  # a cancel() while it waits must find it in the mailbox, not a stale context
         self.mailbox.delay(msg, delay)  # before the collector runs: nothing it raises can lose it
         if self._record_transient_retry is not None:

@@ -142,7 +142,7 @@ class Mailbox:
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
-        if msg._key is not None or self.throttle is not None:
+        if msg._extra is not None or self.throttle is not None:
             self._put_gated(msg, front)
         elif self.idle or self.idle_burst:
             worker = self.idle.pop() if self.idle else self.idle_burst.pop()

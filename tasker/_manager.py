@@ -27,7 +27,7 @@ from ._context import Context
 from ._core import NO_RESOURCE, Core
 from ._errors import ManagerStoppedError, ResourceCreationError, TaskKilledError
 from ._mailbox import Mailbox
-from ._message import Interrupt, TaskResult
+from ._message import Extra, Interrupt, TaskResult
 from ._metrics import Collector
 from ._pool import ResourcePool
 from ._retry import RetryPolicy
@@ -203,8 +203,11 @@ class TaskManager(SeedVariants[R, E]):
         if get_ident() != self._core.thread:
             return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
         fn = task if callable(task) else _task_fn(task)
-        if key is not None or retry is not None:
+        if key is None and retry is None:
+            extra = None  # the plain path: one check
+        else:
             _check_key(key, retry)
+            extra = Extra(key, retry)
         if priority.__class__ is not bool or once.__class__ is not bool or block.__class__ is not bool:
             _check_flags(priority=priority, once=once, block=block)
         if timeout is None:
@@ -218,7 +221,7 @@ class TaskManager(SeedVariants[R, E]):
         if mailbox.max_size is not None:
             mailbox.wait_for_room(priority, block, timeout)
             core.check_accepting()
-        msg = TaskResult(core, fn, priority, once, timeout, core.now(), key, retry)
+        msg = TaskResult(core, fn, priority, once, timeout, core.now(), extra)
         core.arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
         core.record_arrival()

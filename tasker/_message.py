@@ -20,13 +20,27 @@ from ._context import Context
 if TYPE_CHECKING:
     from ._retry import RetryPolicy
 
-__all__ = ["Interrupt", "TaskResult"]
+__all__ = ["Extra", "Interrupt", "TaskResult"]
 
 
 class Canceller(Protocol):
     """Where ``TaskResult.cancel()`` goes: the core of the manager that made the message."""
 
     def cancel(self, msg: TaskResult) -> bool: ...
+
+
+class Extra:
+    """What few messages carry: a key, a retry policy, the transient retries so far.
+
+    Apart from the message so that an unkeyed submission pays for one slot, not three.
+    """
+
+    __slots__ = ("key", "retries", "retry")
+
+    def __init__(self, key: Hashable | None, retry: RetryPolicy | None) -> None:
+        self.key = key
+        self.retry = retry
+        self.retries = 0
 
 
 class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
@@ -40,13 +54,11 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         "_attempts",
         "_core",
         "_ctx",
+        "_extra",
         "_fn",
-        "_key",
         "_once",
         "_priority",
         "_queued_at",
-        "_retries",
-        "_retry",
         "_started_at",
         "_timeout",
     )
@@ -59,8 +71,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         once: bool,
         timeout: float | None,
         queued_at: float,
-        key: Hashable | None = None,
-        retry: RetryPolicy | None = None,
+        extra: Extra | None = None,
     ) -> None:
         AsyncResult.__init__(self)
         self._core = core
@@ -72,9 +83,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         self._started_at: float | None = None
         self._attempts = 0
         self._ctx: Context | None = None
-        self._key = key
-        self._retry = retry
-        self._retries = 0  # transient retries so far (RetryPolicy)
+        self._extra = extra  # key, retry policy, transient retries; None for most messages
 
     def cancel(self) -> bool:
         """Withdraw the submission.
@@ -95,12 +104,16 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     @property
     def key(self) -> Hashable | None:
         """The submission's key (``submit(..., key=...)``), or None."""
-        return self._key
+        extra = self._extra
+        return None if extra is None else extra.key
+
+    _key = key  # the mailbox's name for it
 
     @property
     def retries(self) -> int:
         """Transient retries so far (by the retry policy; not unhealthy redeliveries)."""
-        return self._retries
+        extra = self._extra
+        return 0 if extra is None else extra.retries
 
 
 class Interrupt(BaseException):

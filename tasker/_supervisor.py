@@ -158,7 +158,7 @@ class Supervisor:
         worker.current = None
         if msg.ready():  # timed out or cancelled while it ran
             return
-        redeliveries = msg._attempts - 1 - msg._retries  # transient retries are not redeliveries
+        redeliveries = msg._attempts - 1 - msg.retries  # transient retries are not redeliveries
         if not msg._once and redeliveries < core.max_retries:
             core.redeliver(msg)
         elif redeliveries:
