@@ -145,7 +145,7 @@ class TestPerKeyConcurrency:
             results = m.imap_unordered(
                 lambda ctx, r, item: probe.task(item[0], 0.01)(ctx, r), ["a1", "a2", "b1", "b2"], key=lambda s: s[0]
             )
-            got = []
+            got: list[Any] = []
             runner = gevent.spawn(lambda: got.extend(results))
             run_until(clock, runner.ready)
         assert sorted(got) == ["a", "a", "b", "b"] and probe.peak == {"a": 1, "b": 1}
@@ -153,7 +153,7 @@ class TestPerKeyConcurrency:
     def test_unhashable_key_is_refused(self) -> None:
         clock, resources = FakeClock(), Resources()
         with manager_on(clock, resources) as m, pytest.raises(TypeError, match="hashable"):
-            m.submit(lambda ctx, r: 1, key=["a"])
+            m.submit(lambda ctx, r: 1, key=["a"])  # type: ignore[arg-type]
 
 
 class TestRateLimits:
@@ -364,3 +364,28 @@ class TestWaitingMessagesAreQueuedMessages:
                 m.submit(lambda ctx, r: 1, block=False)
             assert reply.cancel()
             assert m.submit(lambda ctx, r: 1, block=False).get() == 1
+
+
+class TestConfig:
+    """The new Config fields refuse bad values at construction."""
+
+    @pytest.mark.parametrize(
+        ("field", "value", "error"),
+        [
+            ("key_concurrency", 0, ValueError),
+            ("key_concurrency", 1.5, TypeError),
+            ("key_rate", 10.0, TypeError),
+            ("rate_limit", {"rate": 1}, TypeError),
+            ("key_limits", [("a", KeyLimits())], TypeError),
+            ("key_limits", {"a": 3}, TypeError),
+            ("retry", (Busy,), TypeError),
+        ],
+    )
+    def test_bad_values(self, field: str, value: object, error: type[Exception]) -> None:
+        with pytest.raises(error, match=field):
+            tasker.Config(on_create=lambda: 0, worker_count=1, **{field: value})  # type: ignore[arg-type]
+
+    def test_a_bad_retry_at_submit(self) -> None:
+        clock, resources = FakeClock(), Resources()
+        with manager_on(clock, resources) as m, pytest.raises(TypeError, match="RetryPolicy"):
+            m.submit(lambda ctx, r: 1, retry=3)  # type: ignore[arg-type]

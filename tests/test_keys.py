@@ -30,7 +30,8 @@ class Harness:
     def __init__(self, limit: int | None = 2, rate: RateLimit | None = None, **overrides: KeyLimits) -> None:
         self.clock = FakeClock()
         self.lane: list[Any] = []
-        self.table = KeyTable(limit, rate, overrides, self.clock, self.lane.append)
+        limits: dict[Hashable, KeyLimits] = {name: value for name, value in overrides.items()}
+        self.table = KeyTable(limit, rate, limits, self.clock, self.lane.append)
 
     def submit(self, msg: Msg) -> bool:
         if self.table.arrive(msg):

@@ -262,3 +262,43 @@ class TestMissingDependency:
     def test_tasker_itself_does_not_import_it(self) -> None:
         code = "import sys, tasker, tasker.contrib; assert 'prometheus_client' not in sys.modules"
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+class TestKeysAndTransientRetries:
+    """Per-key in-flight gauges (top keys only), delayed messages, and transient retries apart."""
+
+    def test_keys_delayed_and_transient_retries(self) -> None:
+        registry = CollectorRegistry()
+        clock = FakeClock()
+        resources = Resources()
+        policy = tasker.RetryPolicy(retry_on=(Healthy,), base_delay=1.0, jitter=False)
+        config = resources.config(
+            worker_count=3, max_worker_count=3, resource_pool_size=0, clock=clock, key_concurrency=1,
+            collector=PrometheusCollector(registry=registry, clock=clock), retry=policy,
+        )  # fmt: skip
+        manager: Manager = TaskManager(config)
+        register_stats(manager, registry=registry)
+        gate = Gate()
+        held = [manager.submit(gate, key=host) for host in ("a.example", "b.example")]
+        waiting = manager.submit(gate, key="a.example")
+        failing = manager.submit(raising(Healthy()))
+        gevent.idle()
+        clock.advance(0)
+        samples = scrape(registry)
+        assert value(samples, "tasker_key_in_flight", key="a.example") == 1
+        assert value(samples, "tasker_key_in_flight", key="b.example") == 1
+        assert value(samples, "tasker_key_waiting_tasks") == 1
+        assert value(samples, "tasker_delayed_tasks") == 1
+        assert value(samples, "tasker_transient_retries_total") == 1
+        assert value(samples, "tasker_tasks_retried_total") == 0  # unhealthy redeliveries only
+        gate.release.set()
+        assert [r.get() for r in [*held, waiting]] == ["gate"] * 3
+        for _ in range(4):
+            clock.advance(4.0)
+        assert isinstance(failing.exception, RetriesExhaustedError)
+        assert manager.metrics().total_transient_retries == 3  # forwarded to the inner collector
+        manager.stop()
+        samples = scrape(registry)
+        assert value(samples, "tasker_transient_retries_total") == 3
+        assert value(samples, "tasker_delayed_tasks") == 0
+        assert not any(name == "tasker_key_in_flight" for name, _ in samples)

@@ -25,8 +25,8 @@ class TestWhatIsRetried:
         assert not policy.retries(ValueError())
 
     def test_one_class_or_a_list(self) -> None:
-        assert RetryPolicy(retry_on=Busy).retries(Busy())  # type: ignore[arg-type]
-        assert RetryPolicy(retry_on=[Busy]).retries(Busy())  # type: ignore[arg-type]
+        assert RetryPolicy(retry_on=Busy).retries(Busy())
+        assert RetryPolicy(retry_on=[Busy]).retries(Busy())
 
     def test_predicate(self) -> None:
         policy = RetryPolicy(retry_on=lambda exc: "503" in str(exc))
@@ -35,7 +35,7 @@ class TestWhatIsRetried:
     @pytest.mark.parametrize("bad", [(), (int,), "Busy", 3])
     def test_bad_retry_on(self, bad: object) -> None:
         with pytest.raises(TypeError):
-            RetryPolicy(retry_on=bad)  # type: ignore[arg-type]
+            RetryPolicy(retry_on=bad)
 
     @pytest.mark.parametrize(
         ("field", "value", "error"),
