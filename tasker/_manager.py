@@ -221,10 +221,15 @@ class TaskManager(SeedVariants[R, E]):
         if mailbox.max_size is not None:
             mailbox.wait_for_room(priority, block, timeout)
             core.check_accepting()
-        msg = TaskResult(core, fn, priority, once, timeout, core.now(), extra)
+        now = core.now()
+        msg = TaskResult(core, fn, priority, once, timeout, now, extra)
         core.arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
-        core.record_arrival()
+        fast = core.fast
+        if fast is None:
+            core.record_arrival()
+        else:
+            fast.arrived_at(now)
         return msg
 
     def _submit_from_thread(

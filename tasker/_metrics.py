@@ -122,8 +122,16 @@ class Collector:
         self._arrivals = _RateWindow(window, 20, now)
         self._finishes = _RateWindow(window, 20, now)
 
+    @property
+    def clock_now(self) -> object:
+        """The time source this collector reads (to tell whether it shares a manager's)."""
+        return self._clock.now
+
     def record_arrival(self) -> None:
-        now = self._clock.now()
+        self.arrived_at(self._clock.now())
+
+    def arrived_at(self, now: float) -> None:
+        """``record_arrival`` with the time already read (the manager's, when it shares this clock)."""
         arrivals = self._arrivals
         if now >= arrivals.next_roll:
             arrivals.roll(now)
@@ -142,8 +150,12 @@ class Collector:
         self._cancelled += 1
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
+        self.completed(*stamps)
+
+    def completed(self, queued_at: float, started_at: float, finished_at: float) -> None:
+        """``record_completion`` without building the timestamps: the manager's hot path."""
         pending = self._pending
-        pending.append(stamps)
+        pending.append((queued_at, started_at, finished_at))
         if len(pending) >= FOLD_EVERY:
             self._fold()
 

@@ -441,3 +441,22 @@ class TestValidation:
         collector = tasker.Collector()
         collector.record_arrival()
         assert collector.metrics().task_arrival_rate >= 0.0
+
+
+class TestDefaultCollectorFedDirectly:
+    """The manager feeds the default collector directly only when it reads the manager's clock."""
+
+    def test_same_clock_fast_other_clock_or_subclass_through_the_methods(self) -> None:
+        clock = FakeClock()
+
+        class Sub(tasker.Collector):
+            pass
+
+        cases = [(tasker.Collector(clock=clock), True), (tasker.Collector(), False), (Sub(clock=clock), False)]
+        for collector, fast in cases:
+            config = tasker.Config(on_create=lambda: 1, worker_count=1, clock=clock, collector=collector)
+            manager: tasker.TaskManager[int, int] = tasker.TaskManager(config)
+            assert (manager._core.fast is collector) is fast
+            assert [manager.queue_task(lambda ctx, r: 7) for _ in range(3)] == [7, 7, 7]
+            assert manager.metrics().total_tasks_completed == 3
+            manager.stop()

@@ -693,10 +693,16 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule(how=st.sampled_from(["kill", "timeout"]), i=st.integers(0, 100))
     def hit_a_parked_worker(self, how: str, i: int) -> None:
         """A timer some task left behind kills or times out a worker while it is parked."""
-        parked = self.m._mailbox.idle + self.m._mailbox.idle_burst
+        mailbox = self.m._mailbox
+        parked = mailbox.idle + mailbox.idle_burst
         worker = parked[i % len(parked)]
         exc: BaseException = gevent.GreenletExit() if how == "kill" else gevent.Timeout()
-        gevent.get_hub().loop.run_callback(worker.greenlet.throw, exc)
+
+        def fire() -> None:  # from the hub, as a timer would; only while it is still parked
+            if worker in mailbox.idle or worker in mailbox.idle_burst:
+                worker.greenlet.throw(exc)
+
+        gevent.get_hub().loop.run_callback(fire)
         self.tally.faults[f"parked worker {how}"] += 1
         self._settle()
 
