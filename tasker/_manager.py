@@ -136,7 +136,8 @@ class TaskManager(SeedVariants[R, E]):
         self._callbacks = 0  # callbacks not yet returned
         self._callback_greenlets: set[Any] = set()  # greenlets inside a callback now
         self._excused_callbacks = 0  # callbacks that stop() was called from: it must not wait for itself
-        self._stoppers: set[Any] = set()  # greenlets inside stop(): kill() ends their wait, never interrupts it
+        self._stoppers: set[Any] = set()  # greenlets inside stop()/kill(): never interrupted or ended by shutdown
+        self._tearing: set[Any] = set()  # of those, the ones inside the teardown now
         self._destroyer: gevent.Greenlet | None = None  # destroys the pool's resources at teardown
         self._resumer: gevent.Greenlet | None = None  # finishes a shutdown whose caller was killed
         self._supervisor = Supervisor(core, config.worker_count)
@@ -447,6 +448,8 @@ class TaskManager(SeedVariants[R, E]):
         if self._kill_called or self._finished.is_set():
             raise ManagerStoppedError("kill() was already called, or the manager has stopped")
         self._kill_called = True
+        me = getcurrent()
+        self._stoppers.add(me)  # an actor that called kill() (from a hook) must not be ended in it
         deadline = self._deadline()
         try:
             self._kill_now(deadline)
@@ -455,6 +458,7 @@ class TaskManager(SeedVariants[R, E]):
             self._resume_later()
             raise
         finally:
+            self._stoppers.discard(me)
             deadline.cancel()
 
     def _resume_later(self) -> None:
@@ -512,21 +516,23 @@ class TaskManager(SeedVariants[R, E]):
         self._stoppers.add(me)
         expired = Event()
         timer = self._clock.call_later(timeout, expired.set) if timeout is not None else None
+        deadline: _Deadline | None = None
         try:
             gevent.wait([self._quiet, expired, self._finished], count=1)
-        finally:
-            self._stoppers.discard(me)
             if timer is not None:
                 timer.cancel()
-        clean = self._quiet.is_set() and not self._core.killing
-        deadline = self._deadline()
-        try:
+            clean = self._quiet.is_set() and not self._core.killing
+            deadline = self._deadline()
             if not clean and not self._core.killing:
                 self._core.log("warning", "tasker: stop(timeout=%s) did not drain in time; killing", timeout)
                 self._kill_now(deadline)
             self._teardown(deadline)
         finally:
-            deadline.cancel()
+            self._stoppers.discard(me)
+            if timer is not None:
+                timer.cancel()
+            if deadline is not None:
+                deadline.cancel()
         return clean
 
     def _deadline(self) -> _Deadline:
@@ -541,7 +547,7 @@ class TaskManager(SeedVariants[R, E]):
         supervisor.close()
         actors = [supervisor.greenlet] if self._scaler is None else [supervisor.greenlet, self._scaler.greenlet]
         for actor in actors:
-            if actor is not me:
+            if actor is not me and actor not in self._stoppers:  # one in stop()/kill() ends by itself
                 self._core.end(actor)
         self._core.ctx.cancel()
         workers = list(supervisor.workers.values())
@@ -600,15 +606,27 @@ class TaskManager(SeedVariants[R, E]):
         if self._scaler is not None:
             self._scaler.closed = True
         actors = [self._supervisor.greenlet, self._scaler and self._scaler.greenlet, self._watcher]
-        ending = [g for g in actors if g is not None and g is not me and not g.dead]
+        alive = [g for g in actors if g is not None and g is not me and not g.dead]
+        # An actor inside stop()/kill() itself (the watcher's graceful stop, or kill() from a
+        # hook an actor ran) is never ended: it unwinds by itself once the shutdown finished.
+        ending = [g for g in alive if g not in self._stoppers]
         for greenlet in ending:
             self._core.end(greenlet)
         if self._destroyer is None and self._pool.available:
             self._destroyer = gevent.spawn(self._destroy_pool)
         if self._destroyer is not None and self._destroyer is not me:
             ending.append(self._destroyer)
-        self._await(ending, lambda: True, deadline, "the actors and the pool's on_destroy")
-        self._finished.set()
+        self._tearing.add(me)
+        try:
+            self._await(ending, lambda: True, deadline, "the actors and the pool's on_destroy")
+            self._finished.set()
+            # An actor does not wait for another actor in teardown too: the two would wait for
+            # each other. Any other caller (yours) waits for them all.
+            mine = me in actors
+            unwinding = [g for g in alive if g in self._stoppers and not (mine and g in self._tearing)]
+            self._await(unwinding, lambda: True, deadline, "the actors inside stop() or kill()")
+        finally:
+            self._tearing.discard(me)
 
     def _destroy_pool(self) -> None:
         while (resource := self._pool.pop()) is not NO_RESOURCE:

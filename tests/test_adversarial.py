@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import gevent
 import pytest
 from conftest import manager_greenlets
@@ -270,3 +271,48 @@ class TestBadInputFamily7:
             manager.run_task(lambda ctx, r: 1)
         assert manager._finished.wait(5)
         res.assert_all_destroyed_once()
+
+
+class TestKillInsideAnActorWhileAStopRuns:
+    """Found by the deep hypothesis profile: the parent's graceful stop tore down the supervisor
+    while the supervisor was inside kill() (called from the collector), losing the caller it
+    was about to answer. Shutdown now never ends a greenlet that is itself in stop()/kill()."""
+
+    def test_every_caller_answered(self) -> None:
+        clock = FakeClock()
+        res = Resources()
+        parent = tasker.Context()
+        box: list[Manager] = []
+        armed: list[bool] = []
+
+        class Killing(tasker.Collector):
+            def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+                super().record_failure(stamps)
+                if armed:
+                    armed.clear()
+                    assert gevent.getcurrent() is box[0]._supervisor.greenlet
+                    box[0].kill()
+
+        config = res.config(worker_count=1, max_worker_count=1, resource_pool_size=0, clock=clock, ctx=parent)
+        manager: Manager = TaskManager(attrs.evolve(config, collector=Killing(clock=clock)))
+        box.append(manager)
+        gevent.idle()
+        (worker,) = manager._mailbox.idle
+        res.fail_on.update(range(res.calls + 1, res.calls + 100))  # every on_create from now on fails
+        gevent.get_hub().loop.run_callback(worker.greenlet.throw, gevent.GreenletExit())
+        gevent.idle()
+        called: list[Any] = []  # a callback owed: kill() yields while it waits for it
+        manager.queue_task_with_callback(lambda ctx, r: 1, lambda result, error: called.append(error))
+        second = gevent.spawn(manager.queue_task, lambda ctx, r: 2)  # no worker: both wait for the restart
+        gevent.idle()
+        parent.cancel()  # a graceful stop begins in the watcher
+        gevent.idle()
+        armed.append(True)
+        clock.advance(1.0)  # the restart fails: the supervisor fails the queue; kill() from its first record
+        assert manager._finished.wait(5)
+        assert len(called) == 1 and isinstance(called[0], ResourceCreationError)
+        second.join(5)
+        assert isinstance(second.exception, ResourceCreationError)  # the second caller is answered too
+        gevent.idle()
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
