@@ -258,6 +258,7 @@ class TaskManager(SeedVariants[R, E]):
             reply = self.submit(task, priority=priority, once=once)
         except BaseException:
             self._callbacks -= 1
+            self._progressed()  # a shutdown may be waiting for this callback (refused while waiting for room)
             raise
         reply.rawlink(lambda r: gevent.spawn(self._call_back, callback, r))
 

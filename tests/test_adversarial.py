@@ -316,3 +316,38 @@ class TestKillInsideAnActorWhileAStopRuns:
         gevent.idle()
         res.assert_all_destroyed_once()
         assert manager_greenlets(manager) == []
+
+
+class TestKillWithACallbackSubmitterWaitingForRoom:
+    """Found by the CI hypothesis profile: a callback-variant submitter blocked for room in a full
+    lane owes a callback; kill() refuses it, and must hear that the callback is no longer owed."""
+
+    def test_kill_returns(self) -> None:
+        res = Resources()
+        clock = FakeClock()  # kill_timeout on this clock never passes: only the notification ends the wait
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, max_queue_size=1, clock=clock))
+        go = Event()
+        killed = Event()
+
+        def kills(ctx: tasker.Context, r: int) -> str:
+            go.wait()
+            manager.kill()  # from the task: kill() waits for nothing else that could wake it
+            killed.set()
+            return "killed"
+
+        running = manager.submit(kills)
+        queued = manager.submit(lambda ctx, r: "queued")  # the lane is full now
+        called: list[Any] = []
+        waiter = gevent.spawn(
+            manager.queue_task_with_callback, lambda ctx, r: "waits", lambda result, error: called.append(result)
+        )
+        gevent.idle()
+        assert manager.stats().blocked_submitters == 1
+        go.set()
+        assert killed.wait(2), "kill() waited for a callback nobody owed any more"
+        waiter.join(1)
+        assert isinstance(waiter.exception, tasker.ManagerStoppedError)  # refused: no callback owed
+        assert called == []
+        assert running.get(timeout=1) == "killed" and queued.ready()
+        gevent.idle()
+        res.assert_all_destroyed_once()

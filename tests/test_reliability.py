@@ -165,7 +165,7 @@ class Hostile:
 
     def __init__(self) -> None:
         self.raising = False
-        self.error: type[BaseException] = RuntimeError
+        self.error_kind: type[BaseException] = RuntimeError  # not "error": a Logger has error()
         self.raised = 0
         self.shutdown: Callable[[], None] | None = None  # armed: called once, from inside the hook
 
@@ -175,7 +175,8 @@ class Hostile:
             shutdown()
         if self.raising:
             self.raised += 1
-            raise self.error() if self.error is gevent.Timeout else self.error("injected hook failure")
+            kind = self.error_kind
+            raise kind() if kind is gevent.Timeout else kind("injected hook failure")
 
 
 class FlakyCollector(Hostile):
@@ -604,7 +605,7 @@ class ManagerMachine(RuleBasedStateMachine):
 
     @rule(fault=st.sampled_from(FAULTS), on=st.booleans(), error=st.sampled_from(HOOK_ERRORS))
     def toggle_fault(self, fault: str, on: bool, error: type[BaseException]) -> None:
-        self.logger.error = self.collector.error = error  # what the logger/collector raise: any kind
+        self.logger.error_kind = self.collector.error_kind = error  # what the logger/collector raise: any kind
         if fault == "create":
             self.factory.failing = on
         elif fault == "slow create":
