@@ -179,7 +179,15 @@ class Core:
         policy = (extra.retry if extra is not None else None) or self.retry
         if policy is None or msg._once or self.killing or msg.ready():
             return False
-        if (msg._ctx is not None and msg._ctx.cancelled) or not policy.retries(exc):
+        if msg._ctx is not None and msg._ctx.cancelled:
+            return False
+        try:
+            retryable = policy.retries(exc)  # the user's predicate, run in the worker
+        except BaseException as error:
+            self.survive(error)
+            self.log("error", "tasker: RetryPolicy.retry_on raised %r; not retrying", error)
+            retryable = False
+        if not retryable:
             return False
         retries = msg.retries
         if retries >= policy.attempts:

@@ -13,7 +13,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import Resources, Unhealthy
+from helpers import RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import ResourceCreationError, TaskKilledError, TaskManager
@@ -351,3 +351,25 @@ class TestKillWithACallbackSubmitterWaitingForRoom:
         assert running.get(timeout=1) == "killed" and queued.ready()
         gevent.idle()
         res.assert_all_destroyed_once()
+
+
+class TestRetryPredicateRaises:
+    """RetryPolicy.retry_on is user code run in the worker: whatever it raises, nothing crashes."""
+
+    @pytest.mark.parametrize("exc", [ValueError, gevent.Timeout, Custom])
+    def test_not_retried_and_the_caller_gets_its_own_error(self, exc: type[BaseException]) -> None:
+        res = Resources()
+        logger = RecordingLogger()
+
+        def retry_on(error: BaseException) -> bool:
+            raise exc()
+
+        policy = tasker.RetryPolicy(retry_on=retry_on)
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, retry=policy, logger=logger))
+        failed = manager.submit(lambda ctx, r: (_ for _ in ()).throw(KeyError("own")))
+        with pytest.raises(KeyError, match="own"):
+            failed.get(timeout=5)
+        assert logger.count("error", "RetryPolicy.retry_on raised") == 1
+        assert manager.queue_task(lambda ctx, r: "still served") == "still served"
+        assert len(res.created) == 2  # the pool's and the worker's: no replacement was needed
+        finish(manager, res)
