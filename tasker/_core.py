@@ -187,7 +187,7 @@ class Core:
             self.survive(error)
             self.log("error", "tasker: RetryPolicy.retry_on raised %r; not retrying", error)
             retryable = False
-        if not retryable:
+        if not retryable or self.killing or msg.ready():  # kill() came while the predicate ran
             return False
         retries = msg.retries
         if retries >= policy.attempts:

@@ -147,12 +147,13 @@ class Worker:
         core = self.core
         # While kill() runs nothing is redelivered: the caller gets the task's own error.
         if core.killing or core.healthy(exc):
-            self.current = None
             # A task that gave up because its context was cancelled was cancelled, not failed.
             cancelled = isinstance(exc, CancelledError) and msg._ctx is not None and msg._ctx.cancelled
-            if not cancelled and core.retry_later(msg, exc):
-                return None
-            core.finish(msg, exc, cancelled=cancelled)
+            # Still ``current`` while the retry policy's user code runs: a kill() then answers it.
+            retried = not cancelled and core.retry_later(msg, exc)
+            self.current = None
+            if not retried:
+                core.finish(msg, exc, cancelled=cancelled)
             return None
         return Exit("unhealthy", exc, msg)
 

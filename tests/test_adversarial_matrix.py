@@ -44,6 +44,7 @@ POSITIONS = [
     "run_task",
     "callback",
     "check_health",
+    "retry_predicate",
     "worker_on_create",
     "worker_on_destroy",
     "temporary_on_create",
@@ -116,6 +117,10 @@ class Scene:
             self.at("check_health")
             return not isinstance(exc, Unhealthy)
 
+        def retry_on(exc: BaseException) -> bool:  # asked only for healthy failures
+            self.at("retry_predicate")
+            return False
+
         config = tasker.Config(
             on_create=create,
             on_destroy=destroy,
@@ -127,6 +132,7 @@ class Scene:
             collector=self.tally,
             ctx=self.parent,
             kill_timeout=KILL_TIMEOUT,
+            retry=tasker.RetryPolicy(retry_on=retry_on),
         )
         self.manager: Manager = TaskManager(config)
         self.replies: list[tasker.TaskResult] = []
@@ -213,6 +219,8 @@ class Scene:
                     self.at("callback")
 
                 manager.queue_task_with_priority_with_callback(lambda ctx, r: "cb", callback)
+            elif position == "retry_predicate":  # a healthy failure asks the retry policy
+                self.replies.append(manager.submit(_healthy_failure, priority=True))
             elif position in ("check_health", "worker_on_create", "worker_on_destroy", "logger"):
                 # An unhealthy failure: check_health, then the retirement (logged, its
                 # resource destroyed) and a replacement (its resource created).
@@ -278,6 +286,10 @@ def _returning(value: int) -> Callable[[tasker.Context, int], int]:
 
 def _counting(box: list[Any]) -> Callable[[Any, BaseException | None], None]:
     return lambda result, error: box.append(1)
+
+
+def _healthy_failure(ctx: tasker.Context, resource: int) -> None:
+    raise KeyError("a healthy failure")
 
 
 def _unhealthy(ctx: tasker.Context, resource: int) -> None:
