@@ -1,6 +1,6 @@
-"""The Go docs' examples, ported in the README's "Porting from Go", run as they are there.
+"""The Go docs' examples, ported in docs/porting.md ("Porting from Go"), run as they are there.
 
-Each example is a ``python`` code block of README.md preceded by a
+Each example is a ``python`` code block of docs/porting.md preceded by a
 ``<!-- seed example: NAME -->`` line; the test runs the block and checks what the Go
 example prints, so the porting guide cannot drift from the code.
 """
@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PORTING = Path(__file__).resolve().parent.parent / "docs" / "porting.md"
 BLOCK = re.compile(r"<!-- seed example: (?P<name>[^>]+?) -->\n```python\n(?P<code>.*?)```", re.S)
 
 
 def examples() -> dict[str, str]:
-    found = {m["name"]: m["code"] for m in BLOCK.finditer(README.read_text())}
+    found = {m["name"]: m["code"] for m in BLOCK.finditer(PORTING.read_text())}
     assert set(found) == {"initialization", "custom logger and collector"}, sorted(found)
     return found
 
 
 def run(name: str) -> None:
-    code = compile(examples()[name], f"README.md seed example {name!r}", "exec")
+    code = compile(examples()[name], f"docs/porting.md seed example {name!r}", "exec")
     exec(code, {"__name__": "seed_example"})
 
 
