@@ -100,6 +100,19 @@ def take_all(mailbox: Mailbox) -> list[str]:
     return taken
 
 
+@attrs.define
+class Submitter:
+    """Submits to the main lane as the manager does: waits for room (no timeout), then puts."""
+
+    mailbox: Mailbox
+    done: list[str] = attrs.field(factory=list)  # the names that got room, in that order
+
+    def submit(self, name: str) -> None:
+        self.mailbox.wait_for_room(False, True, None)
+        self.done.append(name)
+        self.mailbox.put(message(name))
+
+
 class TestLanes:
     """Without parked workers, messages queue in their lane: priority first, FIFO within each."""
 
@@ -228,19 +241,13 @@ class TestWithdraw:
 
     def test_withdraw_wakes_a_submitter_waiting_for_room(self) -> None:
         mailbox, msgs = self.queued("abc", max_size=3)
-        done: list[str] = []
-
-        def submit(name: str) -> None:
-            mailbox.wait_for_room(False, True, None)
-            done.append(name)
-            mailbox.put(message(name))
-
-        waiter = gevent.spawn(submit, "w")
+        submitter = Submitter(mailbox)
+        waiter = gevent.spawn(submitter.submit, "w")
         gevent.idle()
         assert mailbox.blocked_submitters() == 1
         assert mailbox.remove(msgs[1]) is True  # from the middle: room all the same
         gevent.joinall([waiter], timeout=5)
-        assert done == ["w"]
+        assert submitter.done == ["w"]
         assert (len(mailbox), mailbox.blocked_submitters()) == (3, 0)
         assert take_all(mailbox) == ["a", "c", "w"]
 
@@ -365,45 +372,33 @@ class TestRoomInIsolation:
 
     def test_waiters_get_room_in_order(self) -> None:
         mailbox, msgs = self.full()
-        done: list[str] = []
-
-        def submit(name: str) -> None:
-            mailbox.wait_for_room(False, True, None)
-            done.append(name)
-            mailbox.put(message(name))
-
-        waiters = [gevent.spawn(submit, name) for name in ("w1", "w2")]
+        submitter = Submitter(mailbox)
+        waiters = [gevent.spawn(submitter.submit, name) for name in ("w1", "w2")]
         gevent.idle()
         assert mailbox.blocked_submitters() == 2
         assert mailbox.remove(msgs[0])
         gevent.idle()
-        assert done == ["w1"]
+        assert submitter.done == ["w1"]
         assert mailbox.blocked_submitters() == 1
         assert take_all(mailbox) == ["w1"]
         gevent.joinall(waiters, timeout=5)
-        assert done == ["w1", "w2"]
+        assert submitter.done == ["w1", "w2"]
 
     def test_waiters_keep_their_place_when_a_submitter_barges_in(self) -> None:
         mailbox, msgs = self.full()
-        done: list[str] = []
-
-        def submit(name: str) -> None:
-            mailbox.wait_for_room(False, True, None)
-            done.append(name)
-            mailbox.put(message(name))
-
-        first = gevent.spawn(submit, "first")
+        submitter = Submitter(mailbox)
+        first = gevent.spawn(submitter.submit, "first")
         gevent.idle()
-        second = gevent.spawn(submit, "second")
+        second = gevent.spawn(submitter.submit, "second")
         gevent.idle()
         assert mailbox.remove(msgs[0])  # room: "first" is woken...
-        submit("barger")  # ...but a new submitter takes the room before it runs
+        submitter.submit("barger")  # ...but a new submitter takes the room before it runs
         gevent.idle()
-        assert done == ["barger"]
+        assert submitter.done == ["barger"]
         assert take_all(mailbox) == ["barger"]  # room again
         gevent.idle()
         try:
-            assert done == ["barger", "first"]
+            assert submitter.done == ["barger", "first"]
         finally:
             mailbox.close()
             gevent.joinall([first, second], timeout=5)
@@ -450,6 +445,14 @@ def record(order: list[Any], name: Any) -> Callable[[tasker.Context, object], An
     return task
 
 
+def hold_the_worker(manager: Manager) -> tuple[Gate, TaskResult]:
+    """Occupy a one-worker manager's worker with a Gate: what is submitted next queues."""
+    gate = Gate()
+    reply = manager.submit(gate)
+    assert gate.started.wait(5)
+    return gate, reply
+
+
 class TestManagerOrder:
     """Through a TaskManager: a worker always takes priority messages first, each lane FIFO."""
 
@@ -457,9 +460,7 @@ class TestManagerOrder:
         resources = Resources()
         order: list[str] = []
         with Manager(one_worker(resources)) as manager:
-            gate = Gate()
-            held = manager.submit(gate)
-            assert gate.started.wait(5)
+            gate, held = hold_the_worker(manager)
             plan = [("m1", False), ("m2", False), ("p1", True), ("m3", False), ("p2", True), ("p3", True)]
             replies = [manager.submit(record(order, n), priority=p) for n, p in plan]
             stats = manager.stats()
@@ -474,9 +475,7 @@ class TestManagerOrder:
         resources = Resources()
         order: list[int] = []
         with Manager(one_worker(resources)) as manager:
-            gate = Gate()
-            manager.submit(gate)
-            assert gate.started.wait(5)
+            gate, _ = hold_the_worker(manager)
             replies = [manager.submit(record(order, i)) for i in range(20)]
             urgent = manager.submit(record(order, "urgent"), priority=True)
             gate.release.set()
@@ -488,9 +487,7 @@ class TestManagerOrder:
         resources = Resources()
         order: list[str] = []
         with Manager(one_worker(resources)) as manager:
-            gate = Gate()
-            manager.submit(gate)
-            assert gate.started.wait(5)
+            gate, _ = hold_the_worker(manager)
             keep = manager.submit(record(order, "keep"))
             drop = manager.submit(record(order, "drop"))
             assert manager.stats().queued_tasks == 2
@@ -511,9 +508,7 @@ class TestManagerCancel:
         resources = Resources()
         order: list[int] = []
         with Manager(one_worker(resources)) as manager:
-            gate = Gate()
-            manager.submit(gate)
-            assert gate.started.wait(5)
+            gate, _ = hold_the_worker(manager)
             replies = [manager.submit(record(order, i), priority=i % 2 == 1) for i in range(200)]
             dropped = set(range(0, 200, 7)) | {198, 199}
             for i in sorted(dropped, reverse=True):
@@ -580,9 +575,7 @@ class TestManagerCancel:
     def test_cancel_in_the_middle_makes_room_for_a_blocked_submitter(self) -> None:
         resources = Resources()
         manager = Manager(one_worker(resources, max_queue_size=3))
-        gate = Gate()
-        manager.submit(gate)
-        assert gate.started.wait(5)
+        gate, _ = hold_the_worker(manager)
         replies = [manager.submit(returning(i)) for i in range(3)]
         waiting = gevent.spawn(manager.submit, lambda ctx, r: "late")
         gevent.idle()
@@ -599,9 +592,7 @@ class TestManagerCancel:
     def test_kill_fails_the_queued_but_not_the_withdrawn(self) -> None:
         resources = Resources()
         manager = Manager(one_worker(resources))
-        gate = Gate()
-        manager.submit(gate)
-        assert gate.started.wait(5)
+        hold_the_worker(manager)
         replies = [manager.submit(returning(i)) for i in range(5)]
         for i in (0, 2, 4):
             replies[i].cancel()
@@ -684,10 +675,8 @@ class TestBoundedQueue:
 
     def filled(self, resources: Resources, size: int = 2, **kwargs: Any) -> tuple[Manager, Gate, list[TaskResult]]:
         manager = Manager(one_worker(resources, max_queue_size=size, **kwargs))
-        gate = Gate()
-        replies = [manager.submit(gate)]
-        assert gate.started.wait(5)
-        replies += [manager.submit(returning(i)) for i in range(size)]
+        gate, held = hold_the_worker(manager)
+        replies = [held] + [manager.submit(returning(i)) for i in range(size)]
         assert manager.stats().queued_tasks == size
         return manager, gate, replies
 
