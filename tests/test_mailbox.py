@@ -10,7 +10,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Manager, Resources, Unhealthy, catching, check_health, one_worker, returning
+from helpers import Gate, Manager, Resources, Unhealthy, catching, check_health, one_worker, record, returning
 
 import tasker
 from tasker import MonotonicClock
@@ -435,16 +435,6 @@ class TestRoomInIsolation:
         assert outcome == ["first gave up", "second got room"]
 
 
-def record(order: list[Any], name: Any) -> Callable[[tasker.Context, object], Any]:
-    """A task that appends ``name`` to ``order`` and returns it."""
-
-    def task(ctx: tasker.Context, resource: object) -> Any:
-        order.append(name)
-        return name
-
-    return task
-
-
 def hold_the_worker(manager: Manager) -> tuple[Gate, TaskResult]:
     """Occupy a one-worker manager's worker with a Gate: what is submitted next queues."""
     gate = Gate()
@@ -473,7 +463,7 @@ class TestManagerOrder:
 
     def test_priority_overtakes_even_when_submitted_last(self) -> None:
         resources = Resources()
-        order: list[int] = []
+        order: list[int | str] = []
         with Manager(one_worker(resources)) as manager:
             gate, _ = hold_the_worker(manager)
             replies = [manager.submit(record(order, i)) for i in range(20)]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 import gevent
 import pytest
 from gevent.event import AsyncResult, Event
-from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health, one_worker, the_resource
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health, one_worker, record, the_resource
 
 import tasker
 from tasker import TaskManager
@@ -55,14 +54,6 @@ class Flaky:
 
 def advance_to(clock: FakeClock, when: float) -> None:
     clock.advance(when - clock.now())
-
-
-def record(order: list[str], name: str) -> Callable[[tasker.Context, int], str]:
-    def task(ctx: tasker.Context, resource: int) -> str:
-        order.append(name)
-        return name
-
-    return task
 
 
 class TestUnhealthyFailure:
