@@ -538,6 +538,18 @@ def all_submissions(manager: Manager, recorder: CallbackRecorder) -> list[tuple[
     return outcomes
 
 
+def assert_ended(manager: Manager, res: Resources) -> None:
+    """Ended for good: stop(), kill() and submissions raise, nothing runs, every resource was destroyed once."""
+    with pytest.raises(ManagerStoppedError):
+        manager.kill()
+    with pytest.raises(ManagerStoppedError):
+        manager.stop()
+    with pytest.raises(ManagerStoppedError):
+        manager.queue_task_async(returning(1))
+    assert manager_greenlets(manager) == []
+    res.assert_all_destroyed_once()
+
+
 class TestStop:
     """stop() drains both lanes (priority first) with live contexts, waits for running tasks, and rejects new work."""
 
@@ -663,13 +675,7 @@ class TestKill:
         gevent.idle()
         assert finished == []  # interrupted: never got past the gate
         assert ran == []
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        with pytest.raises(ManagerStoppedError):
-            manager.stop()
-        with pytest.raises(ManagerStoppedError):
-            manager.queue_task_async(returning(1))
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
     def test_kill_escalates_a_blocked_stop(self) -> None:
         res = Resources()
@@ -685,9 +691,7 @@ class TestKill:
         assert stopper.get() is False
         assert isinstance(held.exception, TaskKilledError)
         assert all(isinstance(r.exception, TaskKilledError) for r in queued)
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
     def test_kill_from_inside_a_task(self) -> None:
         """Regression: kill() used to kill its own caller's worker and never finish tearing down."""
@@ -711,10 +715,7 @@ class TestKill:
         assert after == ["kill() returned into the task"]
         assert isinstance(other.exception, TaskKilledError)
         assert isinstance(queued.exception, TaskKilledError)
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
-        assert manager_greenlets(manager) == []
+        assert_ended(manager, res)
 
     def test_stop_from_inside_a_task_raises_instead_of_deadlocking(self) -> None:
         res = Resources()
@@ -736,9 +737,7 @@ class TestKill:
         res = Resources()
         manager: Manager = TaskManager(res.config())
         assert manager.stop() is True
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
 
 class TestParentContext:
@@ -784,10 +783,7 @@ class TestParentContext:
         assert reply.get() in (False, True)
         gevent.idle()
         assert manager.stop() is True
-        assert manager_greenlets(manager) == []
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
 
 class TestContextManager:
@@ -800,9 +796,7 @@ class TestContextManager:
             replies = [manager.queue_task_async(returning(i)) for i in range(5)]
             assert not any(r.ready() for r in replies)
         assert [r.get() for r in replies] == list(range(5))  # drained, not killed
-        with pytest.raises(ManagerStoppedError):
-            manager.stop()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
     def test_leaving_on_an_exception_stops_and_propagates(self) -> None:
         res = Resources()
