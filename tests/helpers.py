@@ -119,6 +119,14 @@ class Gate:
         return self.value
 
 
+def hold_the_worker(manager: TaskManager[Any, Any]) -> tuple[Gate, tasker.TaskResult]:
+    """Occupy one of the manager's workers with a Gate, running; with one worker, what comes next queues."""
+    gate = Gate()
+    reply = manager.submit(gate)
+    assert gate.started.wait(5)
+    return gate, reply
+
+
 class RecordingLogger:
     """A Logger (not a logging.Logger: just the four methods) that keeps every call.
 

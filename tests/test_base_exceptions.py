@@ -20,7 +20,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, RecordingLogger, Resources, Unhealthy, hold_the_worker
 
 import tasker
 from tasker import ManagerStoppedError, ResourceCreationError, TaskKilledError, TaskManager, TaskTimeoutError
@@ -202,9 +202,7 @@ class TestSystemErrorsFromTasks:
     def test_ctrl_c_during_stop_then_kill_finishes(self, hub_errors: io.StringIO) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, resource_pool_size=1))
-        gate = Gate()
-        held = manager.submit(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         interrupt = KeyboardInterrupt("ctrl-c while draining")
         fatal = manager.submit(raising(interrupt))
         queued = manager.submit(Gate())  # never released: only kill() ends it

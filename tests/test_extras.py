@@ -8,7 +8,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Manager, Resources, one_worker, the_resource
+from helpers import Manager, Resources, hold_the_worker, one_worker, the_resource
 
 import tasker
 from tasker import TaskKilledError, TaskTimeoutError
@@ -133,9 +133,7 @@ class TestTaskTimeout:
     def test_time_waiting_in_the_queue_does_not_count(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res)
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         reply = manager.submit(lambda ctx, resource: "ran", timeout=1.0)
         clock.advance(5.0)
         assert not reply.ready()
@@ -242,9 +240,7 @@ class TestCancel:
     def test_queued_message_is_withdrawn(self) -> None:
         res = Resources()
         manager, _ = on_fake_clock(res)
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         ran: list[str] = []
         reply = manager.queue_task_async(lambda ctx, resource: ran.append("ran"))
         other = manager.queue_task_async(lambda ctx, resource: "other")
@@ -327,9 +323,7 @@ class TestCancel:
     def test_cancel_frees_room_for_a_blocked_submitter(self) -> None:
         res = Resources()
         manager, _ = on_fake_clock(res, max_queue_size=1)
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         queued = manager.queue_task_async(lambda ctx, resource: "queued")
         blocked = gevent.spawn(manager.submit, lambda ctx, resource: "third")
         gevent.idle()

@@ -10,7 +10,18 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Manager, Resources, Unhealthy, catching, check_health, one_worker, record, returning
+from helpers import (
+    Gate,
+    Manager,
+    Resources,
+    Unhealthy,
+    catching,
+    check_health,
+    hold_the_worker,
+    one_worker,
+    record,
+    returning,
+)
 
 import tasker
 from tasker import MonotonicClock
@@ -435,14 +446,6 @@ class TestRoomInIsolation:
         assert outcome == ["first gave up", "second got room"]
 
 
-def hold_the_worker(manager: Manager) -> tuple[Gate, TaskResult]:
-    """Occupy a one-worker manager's worker with a Gate: what is submitted next queues."""
-    gate = Gate()
-    reply = manager.submit(gate)
-    assert gate.started.wait(5)
-    return gate, reply
-
-
 class TestManagerOrder:
     """Through a TaskManager: a worker always takes priority messages first, each lane FIFO."""
 
@@ -541,9 +544,7 @@ class TestManagerCancel:
             raise Unhealthy("bad resource")
 
         with tasker.TaskManager[object, Any](config) as manager:
-            gate = Gate()
-            held = manager.submit(gate)
-            assert gate.started.wait(5)
+            gate, held = hold_the_worker(manager)
             redelivered = manager.submit(flaky)
             assert started.wait(5)
             after = manager.submit(record([], "after"))

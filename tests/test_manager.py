@@ -21,6 +21,7 @@ from helpers import (
     Resources,
     Unhealthy,
     catching,
+    hold_the_worker,
     one_worker,
     raising,
     returning,
@@ -183,9 +184,7 @@ class TestVariants:
     def test_lane_and_once_flag(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
         manager: Manager = TaskManager(one_worker(res, max_retries=2))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         attempts: list[int] = []
 
         def unhealthy(ctx: tasker.Context, resource: int) -> None:
@@ -381,9 +380,7 @@ class TestNotATask:
         res = Resources()
         collector = CountingCollector()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         before = manager.stats()
         arrivals = collector.calls["arrival"]
         recorder = CallbackRecorder()
@@ -410,9 +407,7 @@ class TestNotATask:
         res = Resources()
         collector = CountingCollector()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         before = manager.stats()
         ran: list[int] = []
         with pytest.raises(TypeError):
@@ -474,9 +469,7 @@ class TestConcurrency:
         assert manager.stats() == tasker.TaskStats(
             base_workers=1, active_workers=1, burst_workers=0, queued_tasks=0, priority_tasks=0, available_resources=1
         )
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         main = [manager.queue_task_async(returning(i)) for i in range(3)]
         prio = [manager.queue_task_with_priority_async(returning(i)) for i in range(2)]
         callers = [gevent.spawn(manager.queue_task_once, returning("blocked")) for _ in range(2)]
@@ -556,9 +549,7 @@ class TestStop:
     def test_drains_priority_first_with_live_contexts(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         order: list[str] = []
 
         def tagged(tag: str) -> Callable[[tasker.Context, int], str]:
@@ -618,9 +609,7 @@ class TestStop:
     def test_blocked_caller_is_answered_by_the_drain(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         caller = gevent.spawn(manager.queue_task_with_priority, returning("answered"))
         gevent.idle()
         stopper = gevent.spawn(manager.stop)
@@ -680,9 +669,7 @@ class TestKill:
     def test_kill_escalates_a_blocked_stop(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        _, held = hold_the_worker(manager)
         queued = [manager.queue_task_async(returning(i)) for i in range(3)]
         stopper = gevent.spawn(manager.stop)
         gevent.idle()
@@ -697,9 +684,7 @@ class TestKill:
         """Regression: kill() used to kill its own caller's worker and never finish tearing down."""
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=2, max_worker_count=2, resource_pool_size=1))
-        gate = Gate()
-        other = manager.queue_task_async(gate)
-        gate.started.wait()
+        _, other = hold_the_worker(manager)
         after: list[str] = []
 
         def fatal(ctx: tasker.Context, resource: int) -> str:
@@ -747,9 +732,7 @@ class TestParentContext:
         res = Resources()
         root = tasker.Context()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, ctx=root))
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         seen: list[bool] = []
 
         def observe(ctx: tasker.Context, resource: int) -> int:
@@ -947,9 +930,7 @@ class TestMetrics:
         assert metrics.success_rate == pytest.approx(0.8)
         assert metrics.failure_rate == pytest.approx(0.2)
 
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        _, held = hold_the_worker(manager)
         cancelled = manager.queue_task_async(returning("never"))
         assert cancelled.cancel() is True
         queued = manager.queue_task_with_priority_async(returning("never"))
