@@ -51,6 +51,14 @@ def timed(execution: float, wait: float) -> dict[str, float]:
     return {**dict.fromkeys(["min", "max", "average", "p95", "p99"], execution), "wait": wait}
 
 
+def complete(collector: tasker.Collector, clock: FakeClock, count: int, every: float) -> None:
+    """Record ``count`` instant completions, the clock moved ``every`` seconds before each."""
+    for _ in range(count):
+        clock.advance(every)
+        now = clock.now()
+        collector.record_completion(Stamps(now, now, now))
+
+
 def assert_close(estimate: float, truth: float, relative_error: float = RELATIVE_ERROR) -> None:
     assert abs(estimate - truth) <= (relative_error + EPS) * truth, (estimate, truth)
 
@@ -346,10 +354,7 @@ class TestRates:
             collector.record_cancellation(Stamps(now, now, now))
             collector.record_retry()
         assert collector.metrics().task_completion_rate == 0.0
-        for _ in range(40):
-            clock.advance(0.25)
-            now = clock.now()
-            collector.record_completion(Stamps(now, now, now))
+        complete(collector, clock, 40, every=0.25)
         metrics = collector.metrics()
         assert metrics.task_completion_rate == pytest.approx(4.0, rel=0.05)
         assert metrics.task_arrival_rate == 0.0
@@ -402,14 +407,9 @@ class TestBuffering:
     def test_completion_rate_of_buffered_records_uses_their_finish_times(self) -> None:
         clock = FakeClock()
         collector = tasker.Collector(clock=clock, window=10.0)
-        for _ in range(100):  # 100 completions 30 s ago, still buffered
-            now = clock.now()
-            collector.record_completion(Stamps(now, now, now))
+        complete(collector, clock, 100, every=0.0)  # 100 completions 30 s ago, still buffered
         clock.advance(30.0)
-        for _ in range(50):  # then 50 over the last 5 s
-            clock.advance(0.1)
-            now = clock.now()
-            collector.record_completion(Stamps(now, now, now))
+        complete(collector, clock, 50, every=0.1)  # then 50 over the last 5 s
         metrics = collector.metrics()
         assert metrics.task_completion_rate == pytest.approx(5.0, rel=0.1)
         assert metrics.total_tasks_completed == 150
