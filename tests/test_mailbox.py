@@ -53,6 +53,7 @@ def message(name: str, priority: bool = False) -> TaskResult:
 
 
 def name_of(msg: TaskResult) -> str:
+    """The name of a bare message (see ``message``)."""
     task = msg._fn
     assert isinstance(task, Named), task
     return task.name
