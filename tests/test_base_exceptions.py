@@ -20,13 +20,11 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy, hold_the_worker
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, hold_the_worker
 
 import tasker
 from tasker import ManagerStoppedError, ResourceCreationError, TaskKilledError, TaskManager, TaskTimeoutError
 from tasker.testing import FakeClock
-
-Manager = TaskManager[int, Any]
 
 
 class Custom(BaseException):
