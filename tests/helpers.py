@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from gevent.event import Event
@@ -14,6 +14,8 @@ from tasker import TaskManager
 
 # A manager of the tests' int resources; calling it (``Manager(config)``) types what mypy cannot infer.
 Manager = TaskManager[int, Any]
+
+T = TypeVar("T")
 
 
 class Unhealthy(Exception):
@@ -44,6 +46,16 @@ def the_resource(ctx: tasker.Context, resource: int) -> int:
 def returning(value: Any) -> Callable[[tasker.Context, Any], Any]:
     """A task that returns ``value``."""
     return lambda ctx, resource: value
+
+
+def record(order: list[T], name: T) -> Callable[[tasker.Context, object], T]:
+    """A task that appends ``name`` to ``order`` and returns it."""
+
+    def task(ctx: tasker.Context, resource: object) -> T:
+        order.append(name)
+        return name
+
+    return task
 
 
 def raising(exc: BaseException) -> Callable[[tasker.Context, Any], Any]:
@@ -105,6 +117,14 @@ class Gate:
         self.started.set()
         self.release.wait()
         return self.value
+
+
+def hold_the_worker(manager: TaskManager[Any, Any]) -> tuple[Gate, tasker.TaskResult]:
+    """Occupy one of the manager's workers with a Gate, running; with one worker, what comes next queues."""
+    gate = Gate()
+    reply = manager.submit(gate)
+    assert gate.started.wait(5)
+    return gate, reply
 
 
 class RecordingLogger:

@@ -12,12 +12,10 @@ from typing import Any
 import gevent
 import pytest
 from conftest import manager_greenlets
-from helpers import Resources
+from helpers import Manager, Resources
 
 import tasker
 from tasker import Config, ManagerStoppedError, TaskManager
-
-Manager = TaskManager[int, Any]
 
 
 class NotCallableExecute:

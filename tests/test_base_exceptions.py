@@ -20,13 +20,11 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, hold_the_worker
 
 import tasker
 from tasker import ManagerStoppedError, ResourceCreationError, TaskKilledError, TaskManager, TaskTimeoutError
 from tasker.testing import FakeClock
-
-Manager = TaskManager[int, Any]
 
 
 class Custom(BaseException):
@@ -202,9 +200,7 @@ class TestSystemErrorsFromTasks:
     def test_ctrl_c_during_stop_then_kill_finishes(self, hub_errors: io.StringIO) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, resource_pool_size=1))
-        gate = Gate()
-        held = manager.submit(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         interrupt = KeyboardInterrupt("ctrl-c while draining")
         fatal = manager.submit(raising(interrupt))
         queued = manager.submit(Gate())  # never released: only kill() ends it

@@ -9,17 +9,28 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Healthy, Resources
+from helpers import Healthy, Manager, Resources
 
 import tasker
 from tasker import TaskManager
 
-Manager = TaskManager[int, Any]
 BATCH = ["map", "imap_unordered"]
 
 
 def manager_with(res: Resources, workers: int) -> Manager:
     return TaskManager(res.config(worker_count=workers, max_worker_count=workers))
+
+
+class FailOn:
+    """fn(ctx, resource, i): raises its own Healthy error for the items in ``failing``, else returns i * 10."""
+
+    def __init__(self, failing: tuple[int, ...]) -> None:
+        self.errors = {i: Healthy(f"item {i}") for i in failing}
+
+    def __call__(self, ctx: tasker.Context, resource: int, item: int) -> int:
+        if item in self.errors:
+            raise self.errors[item]
+        return item * 10
 
 
 class Chain:
@@ -198,11 +209,12 @@ class Blocking:
 class TestErrors:
     """An item's error is raised at its place and cancels the rest; return_exceptions yields it and goes on."""
 
-    def test_map_raises_at_its_place_and_cancels_in_flight(self) -> None:
+    @pytest.mark.parametrize("method", BATCH)
+    def test_raises_at_its_place_and_cancels_in_flight(self, method: str) -> None:
         res = Resources()
         manager = manager_with(res, 1)
         fn = Blocking()
-        results = manager.map(fn, range(6), max_in_flight=10)
+        results = getattr(manager, method)(fn, range(6), max_in_flight=10)
         assert next(results) == 0
         fn.started.wait()  # item 1 has failed, item 2 runs, items 3-5 wait in the queue
         with pytest.raises(Healthy) as info:
@@ -216,38 +228,15 @@ class TestErrors:
         with pytest.raises(StopIteration):
             next(results)
 
-    def test_imap_unordered_raises_and_cancels_in_flight(self) -> None:
-        res = Resources()
-        manager = manager_with(res, 1)
-        fn = Blocking()
-        results = manager.imap_unordered(fn, range(6), max_in_flight=10)
-        assert next(results) == 0
-        fn.started.wait()
-        with pytest.raises(Healthy) as info:
-            next(results)
-        assert info.value is fn.error
-        assert fn.ctx is not None and fn.ctx.cancelled
-        assert manager.stats().queued_tasks == 0
-        fn.release.set()
-        assert manager.stop() is True
-        assert fn.ran == [0, 1, 2]
-
     def test_map_return_exceptions(self) -> None:
         """Regression: map used to yield None for a reply not ready yet when it got to it."""
         res = Resources()
         manager = manager_with(res, 2)
-        errors = {i: Healthy(f"item {i}") for i in (1, 3)}
-
-        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
-            if item in errors:
-                raise errors[item]
-            return item * 10
-
+        fn = FailOn((1, 3))
         results = list(manager.map(fn, range(5), return_exceptions=True))
         assert manager.stop() is True
-        assert results[0] == 0 and results[2] == 20 and results[4] == 40
-        assert results[1] is errors[1]
-        assert results[3] is errors[3]
+        assert results == [0, fn.errors[1], 20, fn.errors[3], 40]
+        assert results[1] is fn.errors[1] and results[3] is fn.errors[3]
 
     def test_map_return_exceptions_of_finished_replies(self) -> None:
         res = Resources()
@@ -276,17 +265,11 @@ class TestErrors:
     def test_imap_unordered_return_exceptions(self) -> None:
         res = Resources()
         manager = manager_with(res, 2)
-        errors = {i: Healthy(f"item {i}") for i in (0, 2)}
-
-        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
-            if item in errors:
-                raise errors[item]
-            return item
-
+        fn = FailOn((0, 2))
         results = list(manager.imap_unordered(fn, range(4), return_exceptions=True))
         assert len(results) == 4
-        assert sorted(r for r in results if isinstance(r, int)) == [1, 3]
-        assert {id(r) for r in results if isinstance(r, Healthy)} == {id(e) for e in errors.values()}
+        assert sorted(r for r in results if isinstance(r, int)) == [10, 30]
+        assert {id(r) for r in results if isinstance(r, Healthy)} == {id(e) for e in fn.errors.values()}
         assert manager.stop() is True
 
 

@@ -8,22 +8,17 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Resources, the_resource
+from helpers import Manager, Resources, hold_the_worker, one_worker, the_resource
 
 import tasker
-from tasker import TaskKilledError, TaskManager, TaskTimeoutError
+from tasker import TaskKilledError, TaskTimeoutError
 from tasker.testing import FakeClock
-
-Manager = TaskManager[int, Any]
 
 
 def on_fake_clock(res: Resources, **kwargs: Any) -> tuple[Manager, FakeClock]:
     """One worker (resource id 1), no bursting, no pool, on virtual time."""
     clock = FakeClock()
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return TaskManager(res.config(clock=clock, **kwargs)), clock
+    return Manager(one_worker(res, clock=clock, **kwargs)), clock
 
 
 @attrs.define
@@ -48,15 +43,21 @@ class Stuck:
         return "released"
 
 
+def started(manager: Manager, **kwargs: Any) -> tuple[Stuck, tasker.TaskResult]:
+    """Submit a Stuck task with ``kwargs`` and wait until it runs."""
+    stuck = Stuck()
+    reply = manager.submit(stuck, **kwargs)
+    stuck.started.wait()
+    return stuck, reply
+
+
 class TestTaskTimeout:
     """A task that runs past its timeout is answered with TaskTimeoutError, its context cancelled, its worker kept."""
 
     def test_submit_timeout(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res)
-        stuck = Stuck()
-        reply = manager.submit(stuck, timeout=1.0)
-        stuck.started.wait()
+        stuck, reply = started(manager, timeout=1.0)
         clock.advance(0.9)
         assert not reply.ready()
         assert not stuck.contexts[0].cancelled
@@ -111,9 +112,7 @@ class TestTaskTimeout:
     def test_submit_timeout_overrides_config(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res, task_timeout=10.0)
-        stuck = Stuck()
-        reply = manager.submit(stuck, timeout=1.0)
-        stuck.started.wait()
+        _, reply = started(manager, timeout=1.0)
         clock.advance(1.0)
         assert isinstance(reply.exception, TaskTimeoutError)
         assert manager.stop() is True
@@ -121,9 +120,7 @@ class TestTaskTimeout:
     def test_task_that_finishes_in_time(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res)
-        stuck = Stuck()
-        reply = manager.submit(stuck, timeout=1.0)
-        stuck.started.wait()
+        stuck, reply = started(manager, timeout=1.0)
         clock.advance(0.5)
         stuck.release.set()
         assert reply.get() == "released"
@@ -136,9 +133,7 @@ class TestTaskTimeout:
     def test_time_waiting_in_the_queue_does_not_count(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res)
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         reply = manager.submit(lambda ctx, resource: "ran", timeout=1.0)
         clock.advance(5.0)
         assert not reply.ready()
@@ -168,9 +163,7 @@ class TestTaskTimeout:
     def test_unhealthy_timeout_replaces_the_worker(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res, check_health=lambda exc: not isinstance(exc, TaskTimeoutError))
-        stuck = Stuck()
-        reply = manager.submit(stuck, timeout=1.0)
-        stuck.started.wait()
+        stuck, reply = started(manager, timeout=1.0)
         clock.advance(1.0)
         assert isinstance(reply.exception, TaskTimeoutError)
         assert stuck.contexts[0].cancelled
@@ -197,9 +190,7 @@ class TestStopTimeout:
     def test_escalates_to_kill(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res)
-        stuck = Stuck()
-        held = manager.queue_task_async(stuck)
-        stuck.started.wait()
+        stuck, held = started(manager)
         ran: list[int] = []
         queued = manager.queue_task_async(lambda ctx, resource: ran.append(1))
         stopper = gevent.spawn(manager.stop, timeout=5.0)
@@ -220,9 +211,7 @@ class TestStopTimeout:
     def test_drains_in_time(self) -> None:
         res = Resources()
         manager, clock = on_fake_clock(res)
-        stuck = Stuck()
-        held = manager.queue_task_async(stuck)
-        stuck.started.wait()
+        stuck, held = started(manager)
         queued = manager.queue_task_with_priority_async(lambda ctx, resource: ctx.cancelled)
         stopper = gevent.spawn(manager.stop, timeout=5.0)
         gevent.idle()
@@ -251,9 +240,7 @@ class TestCancel:
     def test_queued_message_is_withdrawn(self) -> None:
         res = Resources()
         manager, _ = on_fake_clock(res)
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         ran: list[str] = []
         reply = manager.queue_task_async(lambda ctx, resource: ran.append("ran"))
         other = manager.queue_task_async(lambda ctx, resource: "other")
@@ -336,9 +323,7 @@ class TestCancel:
     def test_cancel_frees_room_for_a_blocked_submitter(self) -> None:
         res = Resources()
         manager, _ = on_fake_clock(res, max_queue_size=1)
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         queued = manager.queue_task_async(lambda ctx, resource: "queued")
         blocked = gevent.spawn(manager.submit, lambda ctx, resource: "third")
         gevent.idle()

@@ -317,13 +317,26 @@ class TestWaitingMessagesAreQueuedMessages:
             assert seen[reply] == 1
         resources.assert_all_destroyed_once()
 
-    def test_stop_runs_a_delayed_message_after_its_delay(self) -> None:
+    @pytest.mark.parametrize(
+        ("delay", "drained"),
+        [
+            pytest.param(3.0, True, id="runs_it_after_its_delay"),
+            pytest.param(30.0, False, id="kills_it_at_the_timeout"),
+        ],
+    )
+    def test_stop_with_a_timeout_and_a_delayed_message(self, delay: float, drained: bool) -> None:
+        """stop(10 s) waits out a 3 s retry delay and runs the message; a 30 s one is killed at 10 s."""
         clock, resources = FakeClock(), Resources()
         m = manager_on(clock, resources)
-        reply = self.delayed(m, clock, delay=3.0)
+        reply = self.delayed(m, clock, delay=delay)
         stopper = gevent.spawn(m.stop, 10.0)
         run_until(clock, stopper.ready)
-        assert stopper.value is True and reply.get() == "late" and clock.now() >= 3.0
+        assert stopper.value is drained
+        if drained:
+            assert reply.get() == "late" and clock.now() >= delay
+        else:
+            assert isinstance(reply.exception, TaskKilledError) and clock.now() < delay
+        resources.assert_all_destroyed_once()
 
     @pytest.mark.parametrize("workers", [1, 3])
     def test_every_parked_worker_exits_once_the_last_delayed_message_is_handed_out(self, workers: int) -> None:
@@ -338,14 +351,6 @@ class TestWaitingMessagesAreQueuedMessages:
         stopper.join()
         assert stopper.value is True and reply.get() == "late"
         resources.assert_all_destroyed_once()
-
-    def test_stop_timeout_shorter_than_the_delay_kills_it(self) -> None:
-        clock, resources = FakeClock(), Resources()
-        m = manager_on(clock, resources)
-        reply = self.delayed(m, clock, delay=30.0)
-        stopper = gevent.spawn(m.stop, 1.0)
-        run_until(clock, stopper.ready)
-        assert stopper.value is False and isinstance(reply.exception, TaskKilledError)
 
     def test_stop_drains_key_blocked_messages(self) -> None:
         clock, resources = FakeClock(), Resources()

@@ -7,7 +7,7 @@ from typing import Any
 
 import gevent
 import pytest
-from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, Manager, RecordingLogger, Resources, Unhealthy, hold_the_worker
 
 import tasker
 from tasker import RetriesExhaustedError, TaskManager
@@ -172,9 +172,7 @@ class TestUserCodeErrors:
     def test_stop_timeout_escalation_is_a_warning(self, log: pytest.LogCaptureFixture) -> None:
         clock = FakeClock()
         manager: Manager = TaskManager(Resources().config(clock=clock))
-        gate = Gate()
-        reply = manager.submit(gate)
-        gate.started.wait()
+        _, reply = hold_the_worker(manager)
         stopping = gevent.spawn(manager.stop, 1.5)
         gevent.idle()
         clock.advance(1.5)

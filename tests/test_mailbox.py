@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, Resources, Unhealthy, check_health
+from helpers import (
+    Gate,
+    Manager,
+    Resources,
+    Unhealthy,
+    catching,
+    check_health,
+    hold_the_worker,
+    one_worker,
+    record,
+    returning,
+)
 
 import tasker
 from tasker import MonotonicClock
@@ -19,46 +30,99 @@ from tasker._message import TaskResult
 from tasker.testing import FakeClock
 
 
+@attrs.frozen
+class Named:
+    """A task that is only its name: the mailbox moves messages, it never runs them."""
+
+    name: str
+
+    def __call__(self, ctx: tasker.Context, resource: object) -> str:
+        return self.name
+
+
+class NoCancel:
+    """The canceller of a bare message: these tests withdraw through the mailbox, not ``cancel()``."""
+
+    def cancel(self, msg: TaskResult) -> bool:
+        raise AssertionError("a bare message is never cancelled through its reply")
+
+
 def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
-    return TaskResult(None, name, priority, False, None, 0.0)
+    return TaskResult(NoCancel(), Named(name), priority, False, None, 0.0)
+
+
+def name_of(msg: TaskResult) -> str:
+    """The name of a bare message (see ``message``)."""
+    task = msg._fn
+    assert isinstance(task, Named), task
+    return task.name
+
+
+def names_of(msgs: Iterable[TaskResult]) -> list[str]:
+    return [name_of(msg) for msg in msgs]
+
+
+@attrs.define(eq=False, kw_only=True)
+class Taker:
+    """What the mailbox reads and writes of a worker (its ``Worker`` protocol), and nothing else.
+
+    Given to ``take`` by a test that never lets it park.
+    """
+
+    burst: bool = False
+    current: TaskResult | None = None
+    idle_since: float = 0.0
+    died_parked: bool = False
+    keyed: TaskResult | None = None
+    greenlet: gevent.Greenlet = attrs.field(factory=gevent.getcurrent)  # the greenlet that calls take
 
 
 @attrs.define(eq=False)
-class FakeWorker:
-    """The part of a Worker the mailbox touches, running a loop that records what it takes."""
+class FakeWorker(Taker):
+    """A Taker whose own greenlet takes messages in a loop and records their names."""
 
     mailbox: Mailbox
     name: str
-    burst: bool = False
-    current: Any = None
-    idle_since: float = 0.0
-    taken: list[Any] = attrs.field(factory=list)
+    taken: list[str] = attrs.field(factory=list)
     busy: dict[str, Event] = attrs.field(factory=dict)  # message name -> released when done
-    greenlet: gevent.Greenlet = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.greenlet = gevent.spawn(self.run)
 
     def run(self) -> None:
         while True:
-            msg = self.mailbox.take(self)  # type: ignore[arg-type]
+            msg = self.mailbox.take(self)
             if msg is None:
                 return
-            self.taken.append(msg._fn)
-            hold = self.busy.get(msg._fn)
+            name = name_of(msg)
+            self.taken.append(name)
+            hold = self.busy.get(name)
             if hold is not None:
                 hold.wait()
 
 
 def take_all(mailbox: Mailbox) -> list[str]:
     """Drain the lanes as one worker would, without ever parking."""
-    names = []
+    taken = []
     while len(mailbox):
-        msg = mailbox.take(None)  # type: ignore[arg-type]
+        msg = mailbox.take(Taker())
         assert msg is not None
-        names.append(msg._fn)
-    return names
+        taken.append(name_of(msg))
+    return taken
+
+
+@attrs.define
+class Submitter:
+    """Submits to the main lane as the manager does: waits for room (no timeout), then puts."""
+
+    mailbox: Mailbox
+    done: list[str] = attrs.field(factory=list)  # the names that got room, in that order
+
+    def submit(self, name: str) -> None:
+        self.mailbox.wait_for_room(False, True, None)
+        self.done.append(name)
+        self.mailbox.put(message(name))
 
 
 class TestLanes:
@@ -95,7 +159,7 @@ class TestLanes:
         mailbox = Mailbox(None, MonotonicClock())
         for name, priority in [("m1", False), ("p1", True), ("m2", False)]:
             mailbox.put(message(name, priority))
-        assert [m._fn for m in mailbox.drain()] == ["p1", "m1", "m2"]
+        assert names_of(mailbox.drain()) == ["p1", "m1", "m2"]
         assert len(mailbox) == 0
 
 
@@ -103,7 +167,7 @@ class TestWithdraw:
     """``remove`` is O(1): a tombstone in the lane, exact counts, FIFO kept, room given back."""
 
     def queued(
-        self, names: str, priority: bool = False, max_size: int | None = None
+        self, names: Iterable[str], priority: bool = False, max_size: int | None = None
     ) -> tuple[Mailbox, list[TaskResult]]:
         mailbox = Mailbox(max_size, MonotonicClock())
         msgs = [message(name, priority) for name in names]
@@ -115,7 +179,7 @@ class TestWithdraw:
         mailbox, msgs = self.queued("abcde")
         assert mailbox.remove(msgs[2]) is True
         assert (len(mailbox), len(mailbox.main)) == (4, 4)
-        assert [m._fn for m in mailbox.main] == ["a", "b", "d", "e"]
+        assert names_of(mailbox.main) == ["a", "b", "d", "e"]
         assert take_all(mailbox) == ["a", "b", "d", "e"]
         assert mailbox.main.dead == 0  # the tombstone was skipped, not left behind
 
@@ -146,26 +210,22 @@ class TestWithdraw:
         assert take_all(mailbox) == ["z"]
 
     def test_tombstones_are_compacted_and_order_kept(self) -> None:
-        names = [f"m{i}" for i in range(1000)]
-        mailbox = Mailbox(None, MonotonicClock())
-        msgs = [message(name) for name in names]
-        for msg in msgs:
-            mailbox.put(msg)
+        mailbox, msgs = self.queued([f"m{i}" for i in range(1000)])
         for msg in msgs[::3]:  # two thirds stay queued
             mailbox.remove(msg)
         for msg in msgs[1::3]:  # then only one third
             mailbox.remove(msg)
-        kept = [m._fn for m in msgs[2::3]]
+        kept = names_of(msgs[2::3])
         assert len(mailbox) == len(kept)
         assert len(mailbox.main.items) <= 2 * len(kept) + 1  # tombstones never outnumber the queue for long
         assert take_all(mailbox) == kept
 
     def test_withdraw_a_redelivered_message(self) -> None:
         mailbox, msgs = self.queued("ab")
-        first = mailbox.take(None)  # type: ignore[arg-type]
+        first = mailbox.take(Taker())
         assert first is msgs[0]
         mailbox.put(first, front=True)  # redelivered: the head of its lane again
-        assert [m._fn for m in mailbox.main] == ["a", "b"]
+        assert names_of(mailbox.main) == ["a", "b"]
         assert mailbox.remove(first) is True
         assert mailbox.remove(first) is False
         assert len(mailbox) == 1
@@ -173,7 +233,7 @@ class TestWithdraw:
 
     def test_taken_or_foreign_messages_are_not_withdrawn(self) -> None:
         mailbox, msgs = self.queued("ab")
-        assert mailbox.take(None) is msgs[0]  # type: ignore[arg-type]
+        assert mailbox.take(Taker()) is msgs[0]
         assert mailbox.remove(msgs[0]) is False
         assert mailbox.remove(message("b")) is False  # same name, another message
         assert mailbox.remove(message("x", True)) is False
@@ -185,7 +245,7 @@ class TestWithdraw:
         mailbox.put(prio)
         mailbox.remove(msgs[1])
         mailbox.remove(msgs[3])
-        assert [m._fn for m in mailbox.drain()] == ["p", "a", "c"]
+        assert names_of(mailbox.drain()) == ["p", "a", "c"]
         assert len(mailbox) == 0
         assert (len(mailbox.main.items), len(mailbox.priority.items)) == (0, 0)
         mailbox.put(message("after"))
@@ -193,19 +253,13 @@ class TestWithdraw:
 
     def test_withdraw_wakes_a_submitter_waiting_for_room(self) -> None:
         mailbox, msgs = self.queued("abc", max_size=3)
-        done: list[str] = []
-
-        def submit(name: str) -> None:
-            mailbox.wait_for_room(False, True, None)
-            done.append(name)
-            mailbox.put(message(name))
-
-        waiter = gevent.spawn(submit, "w")
+        submitter = Submitter(mailbox)
+        waiter = gevent.spawn(submitter.submit, "w")
         gevent.idle()
         assert mailbox.blocked_submitters() == 1
         assert mailbox.remove(msgs[1]) is True  # from the middle: room all the same
         gevent.joinall([waiter], timeout=5)
-        assert done == ["w"]
+        assert submitter.done == ["w"]
         assert (len(mailbox), mailbox.blocked_submitters()) == (3, 0)
         assert take_all(mailbox) == ["a", "c", "w"]
 
@@ -330,45 +384,33 @@ class TestRoomInIsolation:
 
     def test_waiters_get_room_in_order(self) -> None:
         mailbox, msgs = self.full()
-        done: list[str] = []
-
-        def submit(name: str) -> None:
-            mailbox.wait_for_room(False, True, None)
-            done.append(name)
-            mailbox.put(message(name))
-
-        waiters = [gevent.spawn(submit, name) for name in ("w1", "w2")]
+        submitter = Submitter(mailbox)
+        waiters = [gevent.spawn(submitter.submit, name) for name in ("w1", "w2")]
         gevent.idle()
         assert mailbox.blocked_submitters() == 2
         assert mailbox.remove(msgs[0])
         gevent.idle()
-        assert done == ["w1"]
+        assert submitter.done == ["w1"]
         assert mailbox.blocked_submitters() == 1
         assert take_all(mailbox) == ["w1"]
         gevent.joinall(waiters, timeout=5)
-        assert done == ["w1", "w2"]
+        assert submitter.done == ["w1", "w2"]
 
     def test_waiters_keep_their_place_when_a_submitter_barges_in(self) -> None:
         mailbox, msgs = self.full()
-        done: list[str] = []
-
-        def submit(name: str) -> None:
-            mailbox.wait_for_room(False, True, None)
-            done.append(name)
-            mailbox.put(message(name))
-
-        first = gevent.spawn(submit, "first")
+        submitter = Submitter(mailbox)
+        first = gevent.spawn(submitter.submit, "first")
         gevent.idle()
-        second = gevent.spawn(submit, "second")
+        second = gevent.spawn(submitter.submit, "second")
         gevent.idle()
         assert mailbox.remove(msgs[0])  # room: "first" is woken...
-        submit("barger")  # ...but a new submitter takes the room before it runs
+        submitter.submit("barger")  # ...but a new submitter takes the room before it runs
         gevent.idle()
-        assert done == ["barger"]
+        assert submitter.done == ["barger"]
         assert take_all(mailbox) == ["barger"]  # room again
         gevent.idle()
         try:
-            assert done == ["barger", "first"]
+            assert submitter.done == ["barger", "first"]
         finally:
             mailbox.close()
             gevent.joinall([first, second], timeout=5)
@@ -405,39 +447,14 @@ class TestRoomInIsolation:
         assert outcome == ["first gave up", "second got room"]
 
 
-def catching(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; return its exception instead of raising it (keeps gevent from printing it)."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        return exc
-
-
-def manager_config(resources: Resources, **kwargs: Any) -> tasker.Config[int]:
-    kwargs.setdefault("worker_count", 1)
-    kwargs.setdefault("max_worker_count", kwargs["worker_count"])
-    kwargs.setdefault("resource_pool_size", 0)
-    return resources.config(**kwargs)
-
-
-def record(order: list[Any], name: Any) -> Any:
-    def task(ctx: tasker.Context, resource: int) -> Any:
-        order.append(name)
-        return name
-
-    return task
-
-
 class TestManagerOrder:
     """Through a TaskManager: a worker always takes priority messages first, each lane FIFO."""
 
     def test_priority_lane_first_fifo_within(self) -> None:
         resources = Resources()
         order: list[str] = []
-        with tasker.TaskManager(manager_config(resources)) as manager:
-            gate = Gate()
-            held = manager.submit(gate)
-            assert gate.started.wait(5)
+        with Manager(one_worker(resources)) as manager:
+            gate, held = hold_the_worker(manager)
             plan = [("m1", False), ("m2", False), ("p1", True), ("m3", False), ("p2", True), ("p3", True)]
             replies = [manager.submit(record(order, n), priority=p) for n, p in plan]
             stats = manager.stats()
@@ -450,11 +467,9 @@ class TestManagerOrder:
 
     def test_priority_overtakes_even_when_submitted_last(self) -> None:
         resources = Resources()
-        order: list[int] = []
-        with tasker.TaskManager(manager_config(resources)) as manager:
-            gate = Gate()
-            manager.submit(gate)
-            assert gate.started.wait(5)
+        order: list[int | str] = []
+        with Manager(one_worker(resources)) as manager:
+            gate, _ = hold_the_worker(manager)
             replies = [manager.submit(record(order, i)) for i in range(20)]
             urgent = manager.submit(record(order, "urgent"), priority=True)
             gate.release.set()
@@ -465,10 +480,8 @@ class TestManagerOrder:
     def test_cancel_removes_a_queued_message(self) -> None:
         resources = Resources()
         order: list[str] = []
-        with tasker.TaskManager(manager_config(resources)) as manager:
-            gate = Gate()
-            manager.submit(gate)
-            assert gate.started.wait(5)
+        with Manager(one_worker(resources)) as manager:
+            gate, _ = hold_the_worker(manager)
             keep = manager.submit(record(order, "keep"))
             drop = manager.submit(record(order, "drop"))
             assert manager.stats().queued_tasks == 2
@@ -488,10 +501,8 @@ class TestManagerCancel:
     def test_cancel_in_the_middle_of_a_deep_lane(self) -> None:
         resources = Resources()
         order: list[int] = []
-        with tasker.TaskManager(manager_config(resources)) as manager:
-            gate = Gate()
-            manager.submit(gate)
-            assert gate.started.wait(5)
+        with Manager(one_worker(resources)) as manager:
+            gate, _ = hold_the_worker(manager)
             replies = [manager.submit(record(order, i), priority=i % 2 == 1) for i in range(200)]
             dropped = set(range(0, 200, 7)) | {198, 199}
             for i in sorted(dropped, reverse=True):
@@ -533,10 +544,8 @@ class TestManagerCancel:
             fail.wait()
             raise Unhealthy("bad resource")
 
-        with tasker.TaskManager(config) as manager:
-            gate = Gate()
-            held = manager.submit(gate)
-            assert gate.started.wait(5)
+        with tasker.TaskManager[object, Any](config) as manager:
+            gate, held = hold_the_worker(manager)
             redelivered = manager.submit(flaky)
             assert started.wait(5)
             after = manager.submit(record([], "after"))
@@ -557,11 +566,9 @@ class TestManagerCancel:
 
     def test_cancel_in_the_middle_makes_room_for_a_blocked_submitter(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(manager_config(resources, max_queue_size=3))
-        gate = Gate()
-        manager.submit(gate)
-        assert gate.started.wait(5)
-        replies = [manager.submit(lambda ctx, r, i=i: i) for i in range(3)]
+        manager = Manager(one_worker(resources, max_queue_size=3))
+        gate, _ = hold_the_worker(manager)
+        replies = [manager.submit(returning(i)) for i in range(3)]
         waiting = gevent.spawn(manager.submit, lambda ctx, r: "late")
         gevent.idle()
         assert manager.stats().blocked_submitters == 1
@@ -576,11 +583,9 @@ class TestManagerCancel:
 
     def test_kill_fails_the_queued_but_not_the_withdrawn(self) -> None:
         resources = Resources()
-        manager = tasker.TaskManager(manager_config(resources))
-        gate = Gate()
-        manager.submit(gate)
-        assert gate.started.wait(5)
-        replies = [manager.submit(lambda ctx, r, i=i: i) for i in range(5)]
+        manager = Manager(one_worker(resources))
+        hold_the_worker(manager)
+        replies = [manager.submit(returning(i)) for i in range(5)]
         for i in (0, 2, 4):
             replies[i].cancel()
         manager.kill()
@@ -592,7 +597,9 @@ class TestManagerCancel:
         resources.assert_all_destroyed_once()
 
 
-def resource_task(seen: list[int]) -> Any:
+def resource_task(seen: list[int]) -> Callable[[tasker.Context, int], int]:
+    """A task that appends the resource it ran with to ``seen`` and returns it."""
+
     def task(ctx: tasker.Context, resource: int) -> int:
         seen.append(resource)
         return resource
@@ -610,13 +617,18 @@ class HoldingGate(Gate):
         self.resource = resource
         return super().__call__(ctx, resource)
 
+    @property
+    def ran_with(self) -> int:
+        assert self.resource is not None, "the gate has not run yet"
+        return self.resource
+
 
 class TestManagerIdleStack:
     """Through a TaskManager: the most recently parked worker gets the next message."""
 
     def test_hot_worker_stays_hot(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(manager_config(resources, worker_count=3)) as manager:
+        with Manager(one_worker(resources, worker_count=3)) as manager:
             seen: list[int] = []
             for _ in range(6):
                 manager.queue_task(resource_task(seen))
@@ -626,12 +638,12 @@ class TestManagerIdleStack:
 
     def test_last_parked_first_served(self) -> None:
         resources = Resources()
-        with tasker.TaskManager(manager_config(resources, worker_count=3)) as manager:
+        with Manager(one_worker(resources, worker_count=3)) as manager:
             gates = [HoldingGate() for _ in range(3)]
             replies = [manager.submit(g) for g in gates]
             for gate in gates:
                 assert gate.started.wait(5)
-            ids = [g.resource for g in gates]
+            ids = [g.ran_with for g in gates]
             assert sorted(ids) == sorted(resources.created)  # one per worker
             # Release in the order 0, 2, 1: the worker of gate 1 parks last.
             for i in (0, 2, 1):
@@ -643,7 +655,7 @@ class TestManagerIdleStack:
             hold = HoldingGate()
             held = manager.submit(hold)
             assert hold.started.wait(5)
-            assert hold.resource == ids[1]
+            assert hold.ran_with == ids[1]
             assert manager.queue_task(resource_task(seen)) == ids[2]
             hold.release.set()
             held.get(timeout=5)
@@ -653,12 +665,10 @@ class TestManagerIdleStack:
 class TestBoundedQueue:
     """With ``max_queue_size``, submitters wait for room, time out, or are told to go away."""
 
-    def filled(self, resources: Resources, size: int = 2, **kwargs: Any) -> tuple[Any, Gate, list[TaskResult]]:
-        manager = tasker.TaskManager(manager_config(resources, max_queue_size=size, **kwargs))
-        gate = Gate()
-        replies = [manager.submit(gate)]
-        assert gate.started.wait(5)
-        replies += [manager.submit(lambda ctx, r, i=i: i) for i in range(size)]
+    def filled(self, resources: Resources, size: int = 2, **kwargs: Any) -> tuple[Manager, Gate, list[TaskResult]]:
+        manager = Manager(one_worker(resources, max_queue_size=size, **kwargs))
+        gate, held = hold_the_worker(manager)
+        replies = [held] + [manager.submit(returning(i)) for i in range(size)]
         assert manager.stats().queued_tasks == size
         return manager, gate, replies
 

@@ -21,6 +21,7 @@ from helpers import (
     Resources,
     Unhealthy,
     catching,
+    hold_the_worker,
     one_worker,
     raising,
     returning,
@@ -183,9 +184,7 @@ class TestVariants:
     def test_lane_and_once_flag(self, name: str, kind: str, priority: bool, once: bool) -> None:
         res = Resources()
         manager: Manager = TaskManager(one_worker(res, max_retries=2))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         attempts: list[int] = []
 
         def unhealthy(ctx: tasker.Context, resource: int) -> None:
@@ -381,9 +380,7 @@ class TestNotATask:
         res = Resources()
         collector = CountingCollector()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         before = manager.stats()
         arrivals = collector.calls["arrival"]
         recorder = CallbackRecorder()
@@ -410,9 +407,7 @@ class TestNotATask:
         res = Resources()
         collector = CountingCollector()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         before = manager.stats()
         ran: list[int] = []
         with pytest.raises(TypeError):
@@ -474,9 +469,7 @@ class TestConcurrency:
         assert manager.stats() == tasker.TaskStats(
             base_workers=1, active_workers=1, burst_workers=0, queued_tasks=0, priority_tasks=0, available_resources=1
         )
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         main = [manager.queue_task_async(returning(i)) for i in range(3)]
         prio = [manager.queue_task_with_priority_async(returning(i)) for i in range(2)]
         callers = [gevent.spawn(manager.queue_task_once, returning("blocked")) for _ in range(2)]
@@ -538,15 +531,25 @@ def all_submissions(manager: Manager, recorder: CallbackRecorder) -> list[tuple[
     return outcomes
 
 
+def assert_ended(manager: Manager, res: Resources) -> None:
+    """Ended for good: stop(), kill() and submissions raise, nothing runs, every resource was destroyed once."""
+    with pytest.raises(ManagerStoppedError):
+        manager.kill()
+    with pytest.raises(ManagerStoppedError):
+        manager.stop()
+    with pytest.raises(ManagerStoppedError):
+        manager.queue_task_async(returning(1))
+    assert manager_greenlets(manager) == []
+    res.assert_all_destroyed_once()
+
+
 class TestStop:
     """stop() drains both lanes (priority first) with live contexts, waits for running tasks, and rejects new work."""
 
     def test_drains_priority_first_with_live_contexts(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         order: list[str] = []
 
         def tagged(tag: str) -> Callable[[tasker.Context, int], str]:
@@ -606,9 +609,7 @@ class TestStop:
     def test_blocked_caller_is_answered_by_the_drain(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, _ = hold_the_worker(manager)
         caller = gevent.spawn(manager.queue_task_with_priority, returning("answered"))
         gevent.idle()
         stopper = gevent.spawn(manager.stop)
@@ -663,20 +664,12 @@ class TestKill:
         gevent.idle()
         assert finished == []  # interrupted: never got past the gate
         assert ran == []
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        with pytest.raises(ManagerStoppedError):
-            manager.stop()
-        with pytest.raises(ManagerStoppedError):
-            manager.queue_task_async(returning(1))
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
     def test_kill_escalates_a_blocked_stop(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        _, held = hold_the_worker(manager)
         queued = [manager.queue_task_async(returning(i)) for i in range(3)]
         stopper = gevent.spawn(manager.stop)
         gevent.idle()
@@ -685,17 +678,13 @@ class TestKill:
         assert stopper.get() is False
         assert isinstance(held.exception, TaskKilledError)
         assert all(isinstance(r.exception, TaskKilledError) for r in queued)
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
     def test_kill_from_inside_a_task(self) -> None:
         """Regression: kill() used to kill its own caller's worker and never finish tearing down."""
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=2, max_worker_count=2, resource_pool_size=1))
-        gate = Gate()
-        other = manager.queue_task_async(gate)
-        gate.started.wait()
+        _, other = hold_the_worker(manager)
         after: list[str] = []
 
         def fatal(ctx: tasker.Context, resource: int) -> str:
@@ -711,10 +700,7 @@ class TestKill:
         assert after == ["kill() returned into the task"]
         assert isinstance(other.exception, TaskKilledError)
         assert isinstance(queued.exception, TaskKilledError)
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
-        assert manager_greenlets(manager) == []
+        assert_ended(manager, res)
 
     def test_stop_from_inside_a_task_raises_instead_of_deadlocking(self) -> None:
         res = Resources()
@@ -736,9 +722,7 @@ class TestKill:
         res = Resources()
         manager: Manager = TaskManager(res.config())
         assert manager.stop() is True
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
 
 class TestParentContext:
@@ -748,9 +732,7 @@ class TestParentContext:
         res = Resources()
         root = tasker.Context()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, ctx=root))
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         seen: list[bool] = []
 
         def observe(ctx: tasker.Context, resource: int) -> int:
@@ -784,10 +766,7 @@ class TestParentContext:
         assert reply.get() in (False, True)
         gevent.idle()
         assert manager.stop() is True
-        assert manager_greenlets(manager) == []
-        with pytest.raises(ManagerStoppedError):
-            manager.kill()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
 
 class TestContextManager:
@@ -800,9 +779,7 @@ class TestContextManager:
             replies = [manager.queue_task_async(returning(i)) for i in range(5)]
             assert not any(r.ready() for r in replies)
         assert [r.get() for r in replies] == list(range(5))  # drained, not killed
-        with pytest.raises(ManagerStoppedError):
-            manager.stop()
-        res.assert_all_destroyed_once()
+        assert_ended(manager, res)
 
     def test_leaving_on_an_exception_stops_and_propagates(self) -> None:
         res = Resources()
@@ -953,9 +930,7 @@ class TestMetrics:
         assert metrics.success_rate == pytest.approx(0.8)
         assert metrics.failure_rate == pytest.approx(0.2)
 
-        gate = Gate()
-        held = manager.queue_task_async(gate)
-        gate.started.wait()
+        _, held = hold_the_worker(manager)
         cancelled = manager.queue_task_async(returning("never"))
         assert cancelled.cancel() is True
         queued = manager.queue_task_with_priority_async(returning("never"))

@@ -34,6 +34,31 @@ def collector_with(durations: list[float], relative_error: float = RELATIVE_ERRO
     return collector
 
 
+def timing(metrics: tasker.TaskMetrics) -> dict[str, float]:
+    """The timing fields of ``metrics`` by name, so that a failed comparison names the field."""
+    return {
+        "min": metrics.min_execution_time,
+        "max": metrics.max_execution_time,
+        "average": metrics.average_execution_time,
+        "p95": metrics.p95_execution_time,
+        "p99": metrics.p99_execution_time,
+        "wait": metrics.average_wait_time,
+    }
+
+
+def timed(execution: float, wait: float) -> dict[str, float]:
+    """What ``timing`` reads when every timed task ran ``execution`` s after waiting ``wait`` s."""
+    return {**dict.fromkeys(["min", "max", "average", "p95", "p99"], execution), "wait": wait}
+
+
+def complete(collector: tasker.Collector, clock: FakeClock, count: int, every: float) -> None:
+    """Record ``count`` instant completions, the clock moved ``every`` seconds before each."""
+    for _ in range(count):
+        clock.advance(every)
+        now = clock.now()
+        collector.record_completion(Stamps(now, now, now))
+
+
 def assert_close(estimate: float, truth: float, relative_error: float = RELATIVE_ERROR) -> None:
     assert abs(estimate - truth) <= (relative_error + EPS) * truth, (estimate, truth)
 
@@ -80,12 +105,9 @@ class TestCounts:
         collector.record_failure(Stamps(0.0, 0.0, 1.0))
         for _ in range(5):
             collector.record_retry()
-        metrics = collector.metrics()
-        assert metrics.total_tasks_completed == 3
-        assert metrics.total_tasks_failed == 1
-        assert metrics.total_tasks_retried == 5
-        assert metrics.success_rate == 0.75
-        assert metrics.failure_rate == 0.25
+        m = collector.metrics()
+        counts = (m.total_tasks_completed, m.total_tasks_failed, m.total_tasks_retried, m.success_rate, m.failure_rate)
+        assert counts == (3, 1, 5, 0.75, 0.25)
 
     def test_retries_and_arrivals_are_not_terminal(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
@@ -128,12 +150,7 @@ class TestExecutionStats:
         collector.record_failure(Stamps(0.0, 50.0, 50.0))
         metrics = collector.metrics()
         assert metrics.total_tasks_failed == 1
-        assert metrics.average_execution_time == 0.0
-        assert metrics.min_execution_time == 0.0
-        assert metrics.max_execution_time == 0.0
-        assert metrics.p95_execution_time == 0.0
-        assert metrics.p99_execution_time == 0.0
-        assert metrics.average_wait_time == 0.0
+        assert timing(metrics) == timed(0.0, 0.0)
 
     def test_never_ran_does_not_dilute_means(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
@@ -141,32 +158,14 @@ class TestExecutionStats:
         collector.record_completion(Stamps(1.0, 3.0, 5.0))
         collector.record_failure(Stamps(0.0, 60.0, 60.0))
         metrics = collector.metrics()
-        assert metrics.average_execution_time == 2.0
-        assert metrics.min_execution_time == 2.0
-        assert metrics.max_execution_time == 2.0
-        assert metrics.p99_execution_time == 2.0
-        assert metrics.average_wait_time == 2.0
+        assert timing(metrics) == timed(2.0, 2.0)
         assert metrics.total_tasks_failed == 2
         assert metrics.success_rate == pytest.approx(1 / 3)
 
-    def test_zero_durations(self) -> None:
-        collector = collector_with([0.0] * 10)
-        metrics = collector.metrics()
-        assert metrics.p95_execution_time == 0.0
-        assert metrics.p99_execution_time == 0.0
-        assert metrics.min_execution_time == 0.0
-        assert metrics.max_execution_time == 0.0
-
-    def test_identical_durations_are_exact(self) -> None:
-        metrics = collector_with([0.25] * 100).metrics()
-        assert metrics.p95_execution_time == 0.25
-        assert metrics.p99_execution_time == 0.25
-
-    def test_single_sample(self) -> None:
-        metrics = collector_with([3.7]).metrics()
-        assert metrics.p95_execution_time == 3.7
-        assert metrics.p99_execution_time == 3.7
-        assert metrics.average_execution_time == 3.7
+    @pytest.mark.parametrize("durations", [[0.0] * 10, [0.25] * 100, [3.7]], ids=["zero", "identical", "single"])
+    def test_equal_durations_are_exact(self, durations: list[float]) -> None:
+        # collector_with queues every task at -1 and starts it at 0: each waited 1 s.
+        assert timing(collector_with(durations).metrics()) == timed(durations[0], 1.0)
 
 
 class TestPercentiles:
@@ -355,10 +354,7 @@ class TestRates:
             collector.record_cancellation(Stamps(now, now, now))
             collector.record_retry()
         assert collector.metrics().task_completion_rate == 0.0
-        for _ in range(40):
-            clock.advance(0.25)
-            now = clock.now()
-            collector.record_completion(Stamps(now, now, now))
+        complete(collector, clock, 40, every=0.25)
         metrics = collector.metrics()
         assert metrics.task_completion_rate == pytest.approx(4.0, rel=0.05)
         assert metrics.task_arrival_rate == 0.0
@@ -411,14 +407,9 @@ class TestBuffering:
     def test_completion_rate_of_buffered_records_uses_their_finish_times(self) -> None:
         clock = FakeClock()
         collector = tasker.Collector(clock=clock, window=10.0)
-        for _ in range(100):  # 100 completions 30 s ago, still buffered
-            now = clock.now()
-            collector.record_completion(Stamps(now, now, now))
+        complete(collector, clock, 100, every=0.0)  # 100 completions 30 s ago, still buffered
         clock.advance(30.0)
-        for _ in range(50):  # then 50 over the last 5 s
-            clock.advance(0.1)
-            now = clock.now()
-            collector.record_completion(Stamps(now, now, now))
+        complete(collector, clock, 50, every=0.1)  # then 50 over the last 5 s
         metrics = collector.metrics()
         assert metrics.task_completion_rate == pytest.approx(5.0, rel=0.1)
         assert metrics.total_tasks_completed == 150

@@ -26,10 +26,11 @@ INTERVAL = 0.1  # seconds: burst_interval in every test here
 class Load:
     """Gate tasks on one manager: submit them, release them, and stop cleanly at the end."""
 
-    def __init__(self, manager: TaskManager[int, Any]) -> None:
+    def __init__(self, manager: TaskManager[int, Any], count: int = 0) -> None:
         self.manager = manager
         self.gates: list[Gate] = []
         self.replies: list[Any] = []
+        self.add(count)
 
     def add(self, count: int) -> None:
         for _ in range(count):
@@ -61,6 +62,18 @@ class Load:
         assert self.manager.stop() is True
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    """The test's virtual clock: ``tick`` moves it one scaler interval."""
+    return FakeClock()
+
+
+@pytest.fixture
+def resources() -> Resources:
+    """The test's counting on_create/on_destroy."""
+    return Resources()
+
+
 def start(resources: Resources, clock: FakeClock, **kwargs: Any) -> TaskManager[int, Any]:
     """A manager on ``clock`` with no run_task pool, its scaler parked on its first tick."""
     kwargs.setdefault("burst_interval", INTERVAL)
@@ -83,14 +96,11 @@ def burst(manager: TaskManager[int, Any]) -> int:
 class TestNoScaler:
     """With max_worker_count equal to worker_count there is no scaler at all."""
 
-    def test_no_scaler_greenlet_and_no_bursting(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_no_scaler_greenlet_and_no_bursting(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=2)
         assert manager._scaler is None
         assert clock.sleepers == 0  # nobody sleeps on the clock
-        load = Load(manager)
-        load.add(10)
+        load = Load(manager, 10)
         tick(clock, 20)
         assert burst(manager) == 0
         assert resources.calls == 2
@@ -101,12 +111,11 @@ class TestScaleUp:
     """A backlog with no idle worker brings burst workers at the next tick, half the room per tick."""
 
     @pytest.mark.parametrize(("base", "ceiling"), [(2, 6), (1, 4), (3, 4), (2, 12), (4, 5)])
-    def test_sustained_step_reaches_the_ceiling_within_two_ticks(self, base: int, ceiling: int) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_sustained_step_reaches_the_ceiling_within_two_ticks(
+        self, base: int, ceiling: int, clock: FakeClock, resources: Resources
+    ) -> None:
         manager = start(resources, clock, worker_count=base, max_worker_count=ceiling)
-        load = Load(manager)
-        load.add(3 * ceiling)
+        load = Load(manager, 3 * ceiling)
         gevent.idle()
         assert burst(manager) == 0  # nothing before the tick
         step = math.ceil((ceiling - base) / 2)
@@ -123,12 +132,9 @@ class TestScaleUp:
         load.stop()
         resources.assert_all_destroyed_once()
 
-    def test_never_more_burst_workers_than_the_backlog(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_never_more_burst_workers_than_the_backlog(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=10)  # step 4
-        load = Load(manager)
-        load.add(3)  # two run, one waits
+        load = Load(manager, 3)  # two run, one waits
         tick(clock)
         assert burst(manager) == 1
         assert manager.stats().queued_tasks == 0
@@ -137,12 +143,9 @@ class TestScaleUp:
         assert resources.calls == 3
         load.stop()
 
-    def test_burst_workers_take_the_backlog_in_order(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_burst_workers_take_the_backlog_in_order(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=1, max_worker_count=3)
-        load = Load(manager)
-        load.add(4)
+        load = Load(manager, 4)
         tick(clock)
         assert [g.started.is_set() for g in load.gates] == [True, True, False, False]
         tick(clock)
@@ -162,12 +165,11 @@ class TestDrainingBacklog:
             pytest.param(1, 5, 6, id="burst_when_the_backlog_outgrows_the_completions"),
         ],
     )
-    def test_completions_against_the_backlog(self, finished: int, waiting: int, burst_after: int) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_completions_against_the_backlog(
+        self, finished: int, waiting: int, burst_after: int, clock: FakeClock, resources: Resources
+    ) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=8)  # step 3
-        load = Load(manager)
-        load.add(11)
+        load = Load(manager, 11)
         tick(clock)
         assert burst(manager) == 3  # 5 running, 6 waiting
         load.finish(finished)
@@ -180,21 +182,16 @@ class TestDrainingBacklog:
 class TestNoBurstWhileIdle:
     """No burst worker starts while a worker is idle, or while the queue empties between ticks."""
 
-    def test_no_bursting_with_an_idle_worker(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_no_bursting_with_an_idle_worker(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=4, max_worker_count=8)
-        load = Load(manager)
-        load.add(3)
+        load = Load(manager, 3)
         tick(clock, 20)
         stats = manager.stats()
         assert (stats.burst_workers, stats.busy_workers, stats.queued_tasks) == (0, 3, 0)
         assert resources.calls == 4
         load.stop()
 
-    def test_no_bursting_for_fast_tasks_between_ticks(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_no_bursting_for_fast_tasks_between_ticks(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=8)
         for _ in range(20):
             replies = [manager.submit(lambda ctx, r: r) for _ in range(50)]  # a backlog of 48, briefly
@@ -209,12 +206,11 @@ class TestScaleDown:
     """Burst workers idle for burst_linger retire, and their resources are destroyed exactly once."""
 
     @pytest.mark.parametrize("linger", [None, 0.5, 2.0])
-    def test_idle_burst_workers_retire_after_the_linger(self, linger: float | None) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_idle_burst_workers_retire_after_the_linger(
+        self, linger: float | None, clock: FakeClock, resources: Resources
+    ) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=6, burst_linger=linger)
-        load = Load(manager)
-        load.add(12)
+        load = Load(manager, 12)
         tick(clock, 2)
         assert burst(manager) == 4
         tick(clock, 20)  # busy burst workers never retire, however long the load lasts
@@ -239,12 +235,11 @@ class TestScaleDown:
         resources.assert_all_destroyed_once()
 
     @pytest.mark.parametrize("per_tick", [1, 2, 3])
-    def test_after_a_spike_only_the_needed_workers_stay(self, per_tick: int) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_after_a_spike_only_the_needed_workers_stay(
+        self, per_tick: int, clock: FakeClock, resources: Resources
+    ) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=6)
-        load = Load(manager)
-        load.add(12)  # a spike: all six workers busy
+        load = Load(manager, 12)  # a spike: all six workers busy
         tick(clock, 2)
         assert burst(manager) == 4
         load.finish()
@@ -262,9 +257,7 @@ class TestNoOscillation:
     """Under a steady load the worker count settles and then never changes."""
 
     @pytest.mark.parametrize(("outstanding", "per_tick"), [(3, 1), (5, 2), (5, 5), (8, 3)])
-    def test_steady_load_settles(self, outstanding: int, per_tick: int) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_steady_load_settles(self, outstanding: int, per_tick: int, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=6)
         load = Load(manager)
 
@@ -283,9 +276,7 @@ class TestNoOscillation:
         load.stop()
         resources.assert_all_destroyed_once()
 
-    def test_on_off_load_shorter_than_the_linger_causes_no_churn(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_on_off_load_shorter_than_the_linger_causes_no_churn(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=4)  # linger 1.0 s
         load = Load(manager)
         for cycle in range(12):
@@ -311,8 +302,7 @@ class TestBackoffBlocksScaling:
         clock = FakeClock()
         resources = Resources(fail_on=set(range(3, 8)))  # calls 3..7 fail
         manager = start(resources, clock, worker_count=2, max_worker_count=6, max_retries=0)
-        load = Load(manager)
-        load.add(1)  # keeps one base worker busy: the queue is not failed for want of workers
+        load = Load(manager, 1)  # keeps one base worker busy: the queue is not failed for want of workers
 
         def bad(ctx: tasker.Context, resource: int) -> None:
             raise Unhealthy("the resource went bad")
@@ -341,9 +331,7 @@ class TestBackoffBlocksScaling:
 class TestCeiling:
     """Base and burst workers together never exceed max_worker_count."""
 
-    def test_a_pending_base_restart_is_not_room_for_bursts(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_a_pending_base_restart_is_not_room_for_bursts(self, clock: FakeClock, resources: Resources) -> None:
         calls = 0
         slow_connect = Event()
 
@@ -371,8 +359,7 @@ class TestCeiling:
         )
         manager: Manager = TaskManager(config)
         gevent.idle()
-        load = Load(manager)
-        load.add(1)  # one base worker stays busy
+        load = Load(manager, 1)  # one base worker stays busy
         go_bad = Event()
 
         def goes_bad(ctx: tasker.Context, resource: int) -> None:
@@ -426,14 +413,11 @@ class LyingCollector:
 class TestScalerIgnoresTheCollector:
     """The scaler reads the manager's own counters, never the user's collector."""
 
-    def test_bursting_works_with_a_broken_collector(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_bursting_works_with_a_broken_collector(self, clock: FakeClock, resources: Resources) -> None:
         collector = BrokenCollector()
         logger = RecordingLogger()
         manager = start(resources, clock, worker_count=2, max_worker_count=6, collector=collector, logger=logger)
-        load = Load(manager)
-        load.add(12)
+        load = Load(manager, 12)
         tick(clock)
         assert burst(manager) == 2
         tick(clock)
@@ -446,13 +430,10 @@ class TestScalerIgnoresTheCollector:
         assert manager.stop() is True
         resources.assert_all_destroyed_once()
 
-    def test_a_lying_collector_does_not_cause_bursting(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_a_lying_collector_does_not_cause_bursting(self, clock: FakeClock, resources: Resources) -> None:
         collector = LyingCollector()
         manager = start(resources, clock, worker_count=2, max_worker_count=6, collector=collector)
-        load = Load(manager)
-        load.add(1)
+        load = Load(manager, 1)
         tick(clock, 20)
         assert burst(manager) == 0
         assert resources.calls == 2
@@ -463,9 +444,7 @@ class TestScalerIgnoresTheCollector:
 class TestCooldown:
     """No new scaling step while the last step's workers are still creating their resource."""
 
-    def test_slow_on_create_does_not_overshoot(self) -> None:
-        clock = FakeClock()
-        resources = Resources()
+    def test_slow_on_create_does_not_overshoot(self, clock: FakeClock, resources: Resources) -> None:
         opened = Event()  # on_create of burst workers blocks until this is set
         make = resources.create
 
@@ -479,8 +458,7 @@ class TestCooldown:
         )
         manager: Manager = TaskManager(attrs.evolve(config, on_create=slow_create))
         gevent.idle()
-        load = Load(manager)
-        load.add(2 + 4)  # two run, four wait: the first step starts four workers (step 5)
+        load = Load(manager, 2 + 4)  # two run, four wait: the first step starts four workers (step 5)
         tick(clock)
         assert manager._supervisor.starting == 4
         tick(clock, 3)  # the backlog is still there, but four workers are on their way
@@ -498,8 +476,7 @@ class TestCooldown:
         clock = FakeClock()
         resources = Resources(fail_on={3})  # the first burst worker's on_create fails
         manager = start(resources, clock, worker_count=2, max_worker_count=4)
-        load = Load(manager)
-        load.add(3)
+        load = Load(manager, 3)
         tick(clock)
         gevent.idle()
         assert manager._supervisor.starting == 0

@@ -13,7 +13,7 @@ from typing import Any
 import gevent
 import gevent.event
 import pytest
-from helpers import Gate, Healthy, Manager, Resources, Unhealthy, raising, returning
+from helpers import Gate, Healthy, Manager, Resources, Unhealthy, hold_the_worker, raising, returning
 
 import tasker
 from tasker import CancelledError, TaskKilledError, TaskManager
@@ -203,9 +203,7 @@ class TestCancelsAreNotFailures:
     def test_three_cancels(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        held = manager.submit(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         queued = [manager.submit(returning(i)) for i in range(3)]
         assert all(reply.cancel() for reply in queued)
         gate.release.set()
@@ -218,9 +216,7 @@ class TestCancelsAreNotFailures:
     def test_kill_drops_and_interrupts_are_cancellations(self) -> None:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
-        gate = Gate()
-        running = manager.submit(gate)
-        gate.started.wait()
+        _, running = hold_the_worker(manager)
         queued = manager.submit(returning("never"))
         manager.kill()
         assert isinstance(running.exception, TaskKilledError)
@@ -251,9 +247,7 @@ class TestCancelsAreNotFailures:
         collector = SeedCollector()
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
-        gate = Gate()
-        held = manager.submit(gate)
-        gate.started.wait()
+        gate, held = hold_the_worker(manager)
         manager.submit(returning("x")).cancel()
         gate.release.set()
         assert held.get() == "gate"
