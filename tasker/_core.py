@@ -278,8 +278,12 @@ class Core:
         """
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
-        if isinstance(exc, gevent.GreenletExit) and getcurrent() in self.ending:
+        if self.ours(exc):
             raise exc
+
+    def ours(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is shutdown's own: a ``GreenletExit`` in a greenlet it is ending."""
+        return isinstance(exc, gevent.GreenletExit) and getcurrent() in self.ending
 
     def end(self, greenlet: Any) -> None:
         """Kill one of our greenlets (a worker, an actor) as part of shutdown."""

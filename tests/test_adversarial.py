@@ -13,7 +13,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import RecordingLogger, Resources, Unhealthy
+from helpers import Gate, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import ResourceCreationError, TaskKilledError, TaskManager
@@ -225,6 +225,57 @@ class TestYieldingCollector:
             assert called == ["answered"]  # stop() waited for the callback it owed
         res.assert_all_destroyed_once()
         assert manager_greenlets(manager) == []
+
+
+class TestKillCountsItsInterruptionsAsCancellations:
+    """Every reply kill() answers with TaskKilledError is a cancellation in the metrics, not a failure.
+
+    Found by the deep random schedules (``extra == (0, 1, -1)``): while kill() recorded
+    the queued messages it dropped, a collector that yields let the worker greenlets it
+    had just ended run; each answered its own task as "task raised GreenletExit", a
+    failure, before kill() answered it as a cancellation.
+    """
+
+    def test_a_collector_yielding_while_kill_records(self) -> None:
+        res = Resources()
+
+        class Yielding(tasker.Collector):
+            failed = cancelled = 0
+
+            def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+                self.failed += 1
+                super().record_failure(stamps)
+
+            def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+                self.cancelled += 1
+                gevent.sleep(0)  # a collector that sends its records over a gevent socket
+                super().record_cancellation(stamps)
+
+        collector = Yielding()
+        manager: Manager = TaskManager(res.config(worker_count=2, max_worker_count=2, collector=collector))
+        gates = [Gate(), Gate()]
+        replies = [manager.submit(gate) for gate in gates] + [manager.submit(lambda ctx, r: "queued")]
+        for gate in gates:
+            gate.started.wait()
+        manager.kill()
+        assert all(isinstance(reply.exception, TaskKilledError) for reply in replies)
+        assert (collector.failed, collector.cancelled) == (0, 3)
+        assert manager.metrics().total_tasks_failed == 0
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+    def test_a_task_raising_a_base_exception_of_its_own_is_a_failure(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+
+        def exits(ctx: tasker.Context, resource: int) -> None:
+            raise gevent.GreenletExit("the task's own")
+
+        reply = manager.submit(exits)
+        reply.wait(5)
+        assert isinstance(reply.exception, TaskKilledError)
+        assert manager.metrics().total_tasks_failed == 1
+        finish(manager, res)
 
 
 class TestBadInputFamily7:
