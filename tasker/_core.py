@@ -1,7 +1,8 @@
 """The core the actors share: what a worker, the supervisor, the scaler and the pool may use.
 
 ``TaskManager`` (the façade, ``_manager``) builds one :class:`Core` and hands it to each
-actor; the actors never see the façade. The core holds:
+actor and to the lifecycle (``_shutdown``); neither the actors nor the core see those two.
+The core holds:
 
 - the user's hooks (``on_create``, ``destroy`` for ``on_destroy``, ``healthy`` for
   ``check_health``), the logger and the collector, each called so that nothing it
@@ -14,10 +15,10 @@ actor; the actors never see the façade. The core holds:
   run's timeout (:meth:`Core.time_out`), and a transient retry after a backoff
   (:meth:`Core.retry_later`, by the ``RetryPolicy``);
 - the lifecycle flags the actors read (``accepting``, ``killing``, ``tearing_down``),
-  which only the façade sets.
+  which only ``_shutdown`` sets.
 
-Dependencies run one way: façade → actors (``_supervisor``, ``_scaler``, ``_worker``,
-``_pool``) → core → values (``_message``, ``_context``, ``_types``, ``_errors``,
+Dependencies run one way: façade → lifecycle (``_shutdown``) → actors (``_supervisor``,
+``_scaler``, ``_worker``, ``_pool``) → core → values (``_message``, ``_context``, ``_types``, ``_errors``,
 ``_clock``, ``_mailbox``).
 """
 
@@ -94,7 +95,7 @@ class Core:
         self.arrived = 0  # accepted submissions (the scaler's own counters)
         self.done = 0  # resolved replies
         self.ending: set[Any] = set()  # greenlets shutdown has killed: their GreenletExit is ours
-        self.progressed: Callable[[], None] = _nothing  # the façade's: something shutdown waits for ended
+        self.progressed: Callable[[], None] = _nothing  # _shutdown's: something shutdown waits for ended
 
     # -- replies -------------------------------------------------------------------------
 

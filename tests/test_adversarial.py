@@ -217,7 +217,7 @@ class TestYieldingCollector:
             reply = manager.submit(lambda ctx, r: "answered")
         else:
             manager.queue_task_with_callback(lambda ctx, r: "answered", lambda result, error: called.append(result))
-        manager._finished.wait(5)
+        manager._shutdown.finished.wait(5)
         assert stopped == [True]
         if variant == "submit":
             assert reply.get(timeout=0) == "answered"
@@ -320,7 +320,7 @@ class TestBadInputFamily7:
             manager.submit(lambda ctx, r: 1)
         with pytest.raises(tasker.ManagerStoppedError, match="parent context"):
             manager.run_task(lambda ctx, r: 1)
-        assert manager._finished.wait(5)
+        assert manager._shutdown.finished.wait(5)
         res.assert_all_destroyed_once()
 
 
@@ -360,7 +360,7 @@ class TestKillInsideAnActorWhileAStopRuns:
         gevent.idle()
         armed.append(True)
         clock.advance(1.0)  # the restart fails: the supervisor fails the queue; kill() from its first record
-        assert manager._finished.wait(5)
+        assert manager._shutdown.finished.wait(5)
         assert len(called) == 1 and isinstance(called[0], ResourceCreationError)
         second.join(5)
         assert isinstance(second.exception, ResourceCreationError)  # the second caller is answered too
