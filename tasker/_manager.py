@@ -365,7 +365,8 @@ class TaskManager(SeedVariants[R, E]):
         Cancels the contexts of running tasks and interrupts the user code running in
         the manager (tasks, ``run_task`` calls and their ``on_create``, callbacks) with
         an exception that ``except Exception`` does not catch; a callback still owed is
-        called, and interrupted if it blocks. Then it waits, at most
+        called, and interrupted if it blocks. A running task's caller is answered once
+        the task's code has ended, its ``finally`` blocks included. kill() waits, at most
         ``Config.kill_timeout`` seconds, for that code and for ``on_destroy`` calls
         (never interrupted) to end, destroys every resource and ends every actor. Works
         from anywhere, user code of this manager included (its own greenlet then ends

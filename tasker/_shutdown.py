@@ -10,8 +10,9 @@ and callbacks (counted and run here).
 - **graceful** (``stop``, a cancelled parent context): stop accepting, let the workers
   drain the lanes, wait for ``run_task`` calls and owed callbacks; past ``stop``'s
   timeout, escalate to a kill;
-- **kill**: answer every message, queued or running, end the workers, interrupt
-  ``run_task`` calls and callbacks;
+- **kill**: answer every queued message, end the workers, interrupt ``run_task`` calls
+  and callbacks; a running task's caller is answered once the task's code has ended (its
+  ``finally`` blocks included), or when ``Config.kill_timeout`` passes;
 - **teardown**: end the actors and destroy the pool's resources, in a greenlet of its
   own. Any caller may run it, and again: a ``stop()``/``kill()`` whose own greenlet was
   ended halfway is finished by a greenlet of the manager's (the resumer).
@@ -86,6 +87,7 @@ class Shutdown:
         self.callbacks = 0  # callbacks owed and not yet returned
         self.callback_greenlets: set[Any] = set()  # greenlets inside a callback now
         self.excused_callbacks = 0  # callbacks that stop() was called from: it must not wait for itself
+        self.owed: list[TaskResult] = []  # interrupted by kill(): answered once their task's code has ended
         self._wakers: list[Event] = []  # of shutdown calls waiting for something to end
         self._stoppers: set[Any] = set()  # greenlets inside stop()/kill(): never interrupted or ended by shutdown
         self._tearing: set[Any] = set()  # of those, the ones inside the teardown now
@@ -253,18 +255,18 @@ class Shutdown:
         for actor in actors:
             if actor is not me and actor not in self._stoppers:  # one in stop()/kill() ends by itself
                 core.end(actor)
-        core.ctx.cancel()
         workers = list(supervisor.workers.values())
         supervisor.workers.clear()
         supervisor.drained.set()
         # Take every message out of reach first; only then run user code (the collector).
         dropped = self._mailbox.drain()
-        # Not the task that called kill(): its own outcome answers it. But kill() from a
-        # hook of that worker (check_health, on_destroy, the collector) answers it here,
-        # since the supervisor that would have is gone.
-        interrupted = [
-            w.current for w in workers if w.current is not None and (w.greenlet is not me or not w.in_task)
-        ]
+        # A message whose task is not running (handed over but not started, or its worker
+        # in a hook after it: the retry predicate, the supervisor's reaping) is answered now.
+        # One whose task runs is answered once its code has ended: its worker answers it as
+        # it unwinds, or _answer_owed does. Not the task that called kill(): its own outcome
+        # answers it.
+        answered = [w.current for w in workers if w.current is not None and not w.in_task]
+        self.owed += [w.current for w in workers if w.current is not None and w.in_task and w.greenlet is not me]
         ending = [w.greenlet for w in workers if w.greenlet is not me]
         run_callback = core.hub.loop.run_callback
         for worker in workers:
@@ -274,22 +276,28 @@ class Shutdown:
                     worker.release()
         for greenlet in self._pool.interruptible(me):
             run_callback(self._throw_run_task, greenlet)
+        core.ctx.cancel()  # after the interrupts: they land first, and interrupted callers get TaskKilledError
         # A callback waiting in our own stop() is not interrupted: this kill() ends its wait.
         spared = {me} | self._stoppers
         for greenlet in self.callback_greenlets - spared:
             run_callback(self._interrupt_callback, greenlet)
         for msg in dropped:
             core.finish(msg, TaskKilledError("dropped from the queue by kill()"), cancelled=True)
-        for msg in interrupted:
+        for msg in answered:
             core.finish(msg, TaskKilledError("interrupted by kill()"), cancelled=True)
+        # A running task's caller is answered once the task's code has ended (its worker
+        # answers it as it unwinds), not while its ``finally`` still runs; or at the deadline.
         runs_mine = self._pool.running.count(me)
+        tasks = "the interrupted tasks and run_task calls"
+        self._await(ending, lambda: self._pool.in_flight <= runs_mine, deadline, tasks)
+        self._answer_owed()
         callbacks_spared = len(self.callback_greenlets & spared)
-        self._await(
-            ending,
-            lambda: self._pool.in_flight <= runs_mine and self.callbacks <= callbacks_spared,
-            deadline,
-            "the interrupted tasks, run_task calls and callbacks",
-        )
+        self._await([], lambda: self.callbacks <= callbacks_spared, deadline, "the callbacks")
+
+    def _answer_owed(self) -> None:
+        owed, self.owed = self.owed, []
+        for msg in owed:
+            self._core.finish(msg, TaskKilledError("interrupted by kill()"), cancelled=True)
 
     def _throw_run_task(self, greenlet: Any) -> None:
         if greenlet in self._pool.running and greenlet not in self._pool.destroying:
@@ -304,6 +312,7 @@ class Shutdown:
         """
         core = self._core
         core.tearing_down = True
+        self._answer_owed()  # a kill() ended halfway: its replies are owed still
         for msg in self._mailbox.drain():  # none after a drain; this drops key records and timers
             core.finish(msg, TaskKilledError("dropped at teardown"), cancelled=True)
         me = getcurrent()

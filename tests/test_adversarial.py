@@ -278,6 +278,76 @@ class TestKillCountsItsInterruptionsAsCancellations:
         finish(manager, res)
 
 
+class TestKillAnswersOnceTheTaskHasEnded:
+    """kill() tells a running task's caller "killed" only once the task's code no longer runs.
+
+    Before, kill() answered the callers of running tasks at once, before their greenlets
+    had unwound: a task whose ``finally`` yields (a rollback over a gevent socket) was
+    still using its resource, and writing, after its caller had been told it was killed.
+    """
+
+    def test_the_caller_wakes_after_the_tasks_finally(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+        started = Event()
+        cleaned: list[str] = []
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            try:
+                started.set()
+                Event().wait()
+            finally:
+                gevent.sleep(0)  # a rollback over a socket: it yields
+                cleaned.append("rolled back")
+
+        reply = manager.submit(task)
+        seen: list[list[str]] = []
+
+        def wait_for_the_reply() -> None:
+            reply.wait()
+            seen.append(list(cleaned))
+
+        caller = gevent.spawn(wait_for_the_reply)
+        started.wait()
+        manager.kill()
+        caller.join()
+        assert isinstance(reply.exception, TaskKilledError)
+        assert seen == [["rolled back"]]  # told "killed" only after the cleanup
+        assert manager.metrics().total_tasks_failed == 0
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+    def test_a_task_ignoring_kill_is_answered_at_kill_timeout(self) -> None:
+        res = Resources()
+        clock = FakeClock()
+        manager: Manager = TaskManager(
+            res.config(worker_count=1, max_worker_count=1, kill_timeout=1.0, clock=clock)
+        )
+        started = Event()
+        release = Event()
+
+        def stubborn(ctx: tasker.Context, resource: int) -> None:
+            started.set()
+            while not release.is_set():
+                try:
+                    release.wait()
+                except BaseException:  # ignores kill()
+                    pass
+
+        reply = manager.submit(stubborn)
+        started.wait()
+        killer = gevent.spawn(manager.kill)
+        gevent.idle()
+        assert not reply.ready()  # its code still runs: not told "killed" yet
+        clock.advance(1.0)
+        killer.join()
+        assert isinstance(reply.exception, TaskKilledError)
+        release.set()
+        gevent.idle()
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+
 class TestBadInputFamily7:
     """Inputs accepted before issue #10 that failed later, or froze the loop, are refused at the call."""
 
