@@ -123,8 +123,12 @@ class Core:
             msg.set_exception(exc)
         self.record(TaskLifecycleTimestamps(msg._queued_at, started, now), exc is not None, cancelled)
 
-    def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool) -> None:
-        """Tell the collector how one task ended (a queued task or a ``run_task`` call)."""
+    def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool, caller: bool = False) -> None:
+        """Tell the collector how one task ended (a queued task or a ``run_task`` call).
+
+        ``caller``: this runs in the caller's own greenlet (``run_task``), so a
+        BaseException that is not an Exception goes on to it (see :meth:`record_arrival`).
+        """
         try:
             if not failed:
                 self.collector.record_completion(stamps)
@@ -133,15 +137,28 @@ class Core:
             elif self._record_cancellation is not None:
                 self._record_cancellation(stamps)
         except BaseException as error:
+            if caller and not isinstance(error, Exception):
+                raise
             self.survive(error)
             self.log("error", "tasker: the collector raised %r", error)
 
-    def record_arrival(self) -> None:
+    def record_arrival(self, msg: TaskResult | None = None) -> None:
+        """Tell the collector of an arrival, in the caller's own greenlet (``submit``, ``run_task``).
+
+        What the collector raises that is an Exception is logged. Anything else — the
+        caller's own ``gevent.Timeout`` or ``GreenletExit`` landing while the collector
+        yields, or one the collector raised — goes on to the caller, as it would have
+        without tasker in between; ``msg``, submit's message (queued already), is first
+        withdrawn as by its ``cancel()``, so no reply is left that nobody holds.
+        """
         try:
             self.collector.record_arrival()
-        except BaseException as exc:
-            self.survive(exc)
+        except Exception as exc:
             self.log("error", "tasker: collector.record_arrival raised %r", exc)
+        except BaseException:
+            if msg is not None:
+                self.cancel(msg)
+            raise
 
     def check_accepting(self) -> None:
         """Raise ``ManagerStoppedError`` unless new work is accepted."""
@@ -273,7 +290,9 @@ class Core:
         """Re-raise what user code raised that must end the greenlet; swallow the rest.
 
         The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
-        custom BaseException from them must not end one. ``KeyboardInterrupt`` and
+        custom BaseException from them must not end one. (In a caller's own greenlet,
+        ``submit`` and ``run_task``, the collector's records let them through instead:
+        :meth:`record_arrival`.) ``KeyboardInterrupt`` and
         ``SystemExit`` keep gevent's meaning, and a ``GreenletExit`` in a greenlet that
         shutdown is ending is shutdown's own.
         """

@@ -198,7 +198,7 @@ class TaskManager(SeedVariants[R, E]):
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
         fast = core.fast
         if fast is None:
-            core.record_arrival()
+            core.record_arrival(msg)
         else:
             fast.arrived_at(now)
         return msg

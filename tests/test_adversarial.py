@@ -6,6 +6,7 @@ once, no manager greenlet left alive, and the call returned.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import attrs
@@ -346,6 +347,188 @@ class TestKillAnswersOnceTheTaskHasEnded:
         gevent.idle()
         res.assert_all_destroyed_once()
         assert manager_greenlets(manager) == []
+
+
+class Blocking(tasker.Collector):
+    """The default collector, whose next record_arrival/record_completion blocks (a slow metrics sink)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block: str | None = None  # the record that blocks next, once
+        self.entered = Event()
+        self.arrivals = self.terminal = self.cancelled = 0
+
+    def _maybe_block(self, record: str) -> None:
+        if self.block == record:
+            self.block = None
+            self.entered.set()
+            Event().wait()  # until the caller's own Timeout or kill lands here
+
+    def record_arrival(self) -> None:
+        self.arrivals += 1
+        super().record_arrival()
+        self._maybe_block("arrival")
+
+    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.terminal += 1
+        super().record_completion(stamps)
+        self._maybe_block("completion")
+
+    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.terminal += 1
+        super().record_failure(stamps)
+
+    def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.terminal += 1
+        self.cancelled += 1
+        super().record_cancellation(stamps)
+
+
+SUBMITTERS = ["submit", "queue_task", "queue_task_async", "queue_task_with_callback"]
+
+
+class TestCallersOwnInterruptInTheCollector:
+    """A caller's own gevent.Timeout, or a kill of its greenlet, that lands while tasker runs the
+    collector in the caller's greenlet goes on to the caller; the submission is withdrawn.
+
+    Before, Core.survive logged and swallowed it: submit returned as if nothing happened,
+    the caller's Timeout was spent, and a greenlet.kill() of the caller did not end it.
+    """
+
+    def _submit(self, manager: Manager, how: str, ran: list[str], called: list[Any]) -> Any:
+        task = lambda ctx, r: ran.append("ran")  # noqa: E731
+        if how == "queue_task_with_callback":
+            return manager.queue_task_with_callback(task, lambda result, error: called.append(error))
+        return getattr(manager, how)(task)
+
+    def _check_withdrawn(self, manager: Manager, collector: Blocking, ran: list[str], called: list[Any]) -> None:
+        gevent.idle()
+        assert manager.stats().queued_tasks == 0
+        assert collector.arrivals == collector.terminal == 2  # the gate's, and the withdrawn one's
+        assert collector.cancelled == 1  # withdrawn, counted once
+        assert ran == [] and called == []  # never ran; no callback owed
+        assert manager.stop() is True  # nothing left to wait for
+
+    @pytest.mark.parametrize("how", SUBMITTERS)
+    def test_the_callers_timeout_during_the_arrival(self, how: str) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        gate = Gate()
+        manager.submit(gate)  # the worker is busy: the submission stays queued
+        gate.started.wait()
+        collector.block = "arrival"
+        ran: list[str] = []
+        called: list[Any] = []
+        timeout = gevent.Timeout(0.01)
+        with pytest.raises(gevent.Timeout) as raised:
+            with timeout:
+                self._submit(manager, how, ran, called)
+        assert raised.value is timeout
+        gate.release.set()
+        self._check_withdrawn(manager, collector, ran, called)
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("how", SUBMITTERS)
+    def test_the_caller_killed_during_the_arrival(self, how: str) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        gate = Gate()
+        manager.submit(gate)
+        gate.started.wait()
+        collector.block = "arrival"
+        ran: list[str] = []
+        called: list[Any] = []
+        after: list[str] = []
+
+        def caller() -> None:
+            self._submit(manager, how, ran, called)
+            after.append("went on")
+
+        greenlet = gevent.spawn(caller)
+        collector.entered.wait()
+        greenlet.kill()
+        assert greenlet.dead and after == []
+        assert isinstance(greenlet.value, gevent.GreenletExit)
+        gate.release.set()
+        self._check_withdrawn(manager, collector, ran, called)
+        res.assert_all_destroyed_once()
+
+    def test_a_submission_a_worker_already_took_has_its_context_cancelled(self) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        gevent.idle()  # the worker is parked: the message is handed to it at once
+        collector.block = "arrival"
+        seen: list[bool] = []
+
+        def cooperative(ctx: tasker.Context, resource: int) -> None:
+            seen.append(ctx.wait(5))
+            ctx.check()
+
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.01):
+                manager.submit(cooperative)
+        assert manager.stop() is True
+        assert seen == [True]  # the task saw its withdrawal
+        assert collector.arrivals == collector.terminal == collector.cancelled == 1
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("interrupt", ["timeout", "kill"])
+    @pytest.mark.parametrize("record", ["arrival", "completion"])
+    def test_run_task(self, record: str, interrupt: str) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        collector.block = record
+        ran: list[str] = []
+        outcome: list[Any] = []
+
+        def task(ctx: tasker.Context, resource: int) -> str:
+            ran.append("ran")
+            return "value"
+
+        def caller() -> None:
+            try:
+                with gevent.Timeout(0.01) if interrupt == "timeout" else nullcontext():
+                    outcome.append(manager.run_task(task))
+            except gevent.Timeout as exc:
+                outcome.append(exc)
+
+        greenlet = gevent.spawn(caller)
+        collector.entered.wait()
+        if interrupt == "kill":
+            greenlet.kill()
+            assert isinstance(greenlet.value, gevent.GreenletExit) and outcome == []
+        else:
+            greenlet.join()
+            assert len(outcome) == 1 and isinstance(outcome[0], gevent.Timeout)
+        assert ran == ([] if record == "arrival" else ["ran"])
+        assert manager.stats().available_resources == 1  # the pooled resource is back
+        assert collector.terminal == 1
+        assert manager.stop() is True  # not waiting for a run_task call
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("kind", [gevent.Timeout, gevent.GreenletExit, Custom])
+    def test_a_collector_raising_its_own_goes_to_the_caller_too(self, kind: type[BaseException]) -> None:
+        res = Resources()
+        raising = [True]
+
+        class Raising(tasker.Collector):
+            def record_arrival(self) -> None:
+                super().record_arrival()
+                if raising.pop() if raising else False:
+                    raise kind()
+
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=Raising()))
+        with pytest.raises(kind):
+            manager.submit(lambda ctx, r: "withdrawn")
+        assert manager.queue_task(lambda ctx, r: "served") == "served"  # tasker goes on
+        assert manager.stop() is True
+        metrics = manager.metrics()
+        assert (metrics.total_tasks_completed, metrics.total_tasks_failed) == (1, 0)
+        res.assert_all_destroyed_once()
 
 
 class TestBadInputFamily7:
