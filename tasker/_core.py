@@ -50,6 +50,25 @@ def _nothing() -> None:
     pass
 
 
+def thrown_in(exc: BaseException) -> bool:
+    """Whether ``exc`` is an interrupt that landed while the code it ended was blocked.
+
+    gevent throws a ``Timeout`` (from its timer), a ``GreenletExit`` (``kill()``) or any
+    exception given to ``throw()`` into a greenlet where it switched to the hub, so its
+    traceback ends in gevent's switch. An exception the code raised itself ends in that
+    code. (A ``Timeout`` the code armed itself and let escape also ends in the switch:
+    the two cannot be told apart, and it is treated as thrown in.)
+    """
+    if isinstance(exc, Exception):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return "greenlet_primitives" in tb.tb_frame.f_code.co_filename  # gevent's switch, compiled or not
+
+
 class Core:
     """State and operations shared by the actors of one manager."""
 
@@ -126,8 +145,8 @@ class Core:
     def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool, caller: bool = False) -> None:
         """Tell the collector how one task ended (a queued task or a ``run_task`` call).
 
-        ``caller``: this runs in the caller's own greenlet (``run_task``), so a
-        BaseException that is not an Exception goes on to it (see :meth:`record_arrival`).
+        ``caller``: this runs in the caller's own greenlet (``run_task``), so what was
+        thrown into it while the collector blocked goes on to it (see :meth:`record_arrival`).
         """
         try:
             if not failed:
@@ -137,7 +156,7 @@ class Core:
             elif self._record_cancellation is not None:
                 self._record_cancellation(stamps)
         except BaseException as error:
-            if caller and not isinstance(error, Exception):
+            if caller and thrown_in(error):
                 raise
             self.survive(error)
             self.log("error", "tasker: the collector raised %r", error)
@@ -145,17 +164,21 @@ class Core:
     def record_arrival(self, msg: TaskResult | None = None) -> None:
         """Tell the collector of an arrival, in the caller's own greenlet (``submit``, ``run_task``).
 
-        What the collector raises that is an Exception is logged. Anything else — the
-        caller's own ``gevent.Timeout`` or ``GreenletExit`` landing while the collector
-        yields, or one the collector raised — goes on to the caller, as it would have
-        without tasker in between; ``msg``, submit's message (queued already), is first
-        withdrawn as by its ``cancel()``, so no reply is left that nobody holds.
+        What the collector raises itself is logged, whatever its kind. What was thrown
+        into the caller's greenlet while the collector blocked (:func:`thrown_in`: the
+        caller's own ``gevent.Timeout``, a ``greenlet.kill()`` of the caller, kill()'s
+        interrupt of a ``run_task``) goes on to the caller, as it would have without
+        tasker in between, and so do ``KeyboardInterrupt`` and ``SystemExit``. ``msg``,
+        submit's message (queued already), is then first withdrawn as by its
+        ``cancel()``, so no reply is left that nobody holds.
         """
         try:
             self.collector.record_arrival()
-        except Exception as exc:
-            self.log("error", "tasker: collector.record_arrival raised %r", exc)
-        except BaseException:
+        except BaseException as exc:
+            if not (thrown_in(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit))):
+                self.survive(exc)
+                self.log("error", "tasker: collector.record_arrival raised %r", exc)
+                return
             if msg is not None:
                 self.cancel(msg)
             raise
@@ -291,8 +314,8 @@ class Core:
 
         The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
         custom BaseException from them must not end one. (In a caller's own greenlet,
-        ``submit`` and ``run_task``, the collector's records let them through instead:
-        :meth:`record_arrival`.) ``KeyboardInterrupt`` and
+        ``submit`` and ``run_task``, the collector's records let through what was thrown
+        into that greenlet: :meth:`record_arrival`.) ``KeyboardInterrupt`` and
         ``SystemExit`` keep gevent's meaning, and a ``GreenletExit`` in a greenlet that
         shutdown is ending is shutdown's own.
         """
