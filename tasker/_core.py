@@ -1,7 +1,8 @@
 """The core the actors share: what a worker, the supervisor, the scaler and the pool may use.
 
 ``TaskManager`` (the façade, ``_manager``) builds one :class:`Core` and hands it to each
-actor; the actors never see the façade. The core holds:
+actor and to the lifecycle (``_shutdown``); neither the actors nor the core see those two.
+The core holds:
 
 - the user's hooks (``on_create``, ``destroy`` for ``on_destroy``, ``healthy`` for
   ``check_health``), the logger and the collector, each called so that nothing it
@@ -14,10 +15,10 @@ actor; the actors never see the façade. The core holds:
   run's timeout (:meth:`Core.time_out`), and a transient retry after a backoff
   (:meth:`Core.retry_later`, by the ``RetryPolicy``);
 - the lifecycle flags the actors read (``accepting``, ``killing``, ``tearing_down``),
-  which only the façade sets.
+  which only ``_shutdown`` sets.
 
-Dependencies run one way: façade → actors (``_supervisor``, ``_scaler``, ``_worker``,
-``_pool``) → core → values (``_message``, ``_context``, ``_types``, ``_errors``,
+Dependencies run one way: façade → lifecycle (``_shutdown``) → actors (``_supervisor``,
+``_scaler``, ``_worker``, ``_pool``) → core → values (``_message``, ``_context``, ``_types``, ``_errors``,
 ``_clock``, ``_mailbox``).
 """
 
@@ -47,6 +48,25 @@ NO_RESOURCE: Any = object()  # a resource may legitimately be None
 
 def _nothing() -> None:
     pass
+
+
+def thrown_in(exc: BaseException) -> bool:
+    """Whether ``exc`` is an interrupt that landed while the code it ended was blocked.
+
+    gevent throws a ``Timeout`` (from its timer), a ``GreenletExit`` (``kill()``) or any
+    exception given to ``throw()`` into a greenlet where it switched to the hub, so its
+    traceback ends in gevent's switch. An exception the code raised itself ends in that
+    code. (A ``Timeout`` the code armed itself and let escape also ends in the switch:
+    the two cannot be told apart, and it is treated as thrown in.)
+    """
+    if isinstance(exc, Exception):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return "greenlet_primitives" in tb.tb_frame.f_code.co_filename  # gevent's switch, compiled or not
 
 
 class Core:
@@ -94,7 +114,7 @@ class Core:
         self.arrived = 0  # accepted submissions (the scaler's own counters)
         self.done = 0  # resolved replies
         self.ending: set[Any] = set()  # greenlets shutdown has killed: their GreenletExit is ours
-        self.progressed: Callable[[], None] = _nothing  # the façade's: something shutdown waits for ended
+        self.progressed: Callable[[], None] = _nothing  # _shutdown's: something shutdown waits for ended
 
     # -- replies -------------------------------------------------------------------------
 
@@ -122,8 +142,12 @@ class Core:
             msg.set_exception(exc)
         self.record(TaskLifecycleTimestamps(msg._queued_at, started, now), exc is not None, cancelled)
 
-    def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool) -> None:
-        """Tell the collector how one task ended (a queued task or a ``run_task`` call)."""
+    def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool, caller: bool = False) -> None:
+        """Tell the collector how one task ended (a queued task or a ``run_task`` call).
+
+        ``caller``: this runs in the caller's own greenlet (``run_task``), so what was
+        thrown into it while the collector blocked goes on to it (see :meth:`record_arrival`).
+        """
         try:
             if not failed:
                 self.collector.record_completion(stamps)
@@ -132,15 +156,32 @@ class Core:
             elif self._record_cancellation is not None:
                 self._record_cancellation(stamps)
         except BaseException as error:
+            if caller and thrown_in(error):
+                raise
             self.survive(error)
             self.log("error", "tasker: the collector raised %r", error)
 
-    def record_arrival(self) -> None:
+    def record_arrival(self, msg: TaskResult | None = None) -> None:
+        """Tell the collector of an arrival, in the caller's own greenlet (``submit``, ``run_task``).
+
+        What the collector raises itself is logged, whatever its kind. What was thrown
+        into the caller's greenlet while the collector blocked (:func:`thrown_in`: the
+        caller's own ``gevent.Timeout``, a ``greenlet.kill()`` of the caller, kill()'s
+        interrupt of a ``run_task``) goes on to the caller, as it would have without
+        tasker in between, and so do ``KeyboardInterrupt`` and ``SystemExit``. ``msg``,
+        submit's message (queued already), is then first withdrawn as by its
+        ``cancel()``, so no reply is left that nobody holds.
+        """
         try:
             self.collector.record_arrival()
         except BaseException as exc:
-            self.survive(exc)
-            self.log("error", "tasker: collector.record_arrival raised %r", exc)
+            if not (thrown_in(exc) or isinstance(exc, (KeyboardInterrupt, SystemExit))):
+                self.survive(exc)
+                self.log("error", "tasker: collector.record_arrival raised %r", exc)
+                return
+            if msg is not None:
+                self.cancel(msg)
+            raise
 
     def check_accepting(self) -> None:
         """Raise ``ManagerStoppedError`` unless new work is accepted."""
@@ -272,14 +313,20 @@ class Core:
         """Re-raise what user code raised that must end the greenlet; swallow the rest.
 
         The logger and the collector run inside the actors: a ``gevent.Timeout`` or a
-        custom BaseException from them must not end one. ``KeyboardInterrupt`` and
+        custom BaseException from them must not end one. (In a caller's own greenlet,
+        ``submit`` and ``run_task``, the collector's records let through what was thrown
+        into that greenlet: :meth:`record_arrival`.) ``KeyboardInterrupt`` and
         ``SystemExit`` keep gevent's meaning, and a ``GreenletExit`` in a greenlet that
         shutdown is ending is shutdown's own.
         """
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc
-        if isinstance(exc, gevent.GreenletExit) and getcurrent() in self.ending:
+        if self.ours(exc):
             raise exc
+
+    def ours(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is shutdown's own: a ``GreenletExit`` in a greenlet it is ending."""
+        return isinstance(exc, gevent.GreenletExit) and getcurrent() in self.ending
 
     def end(self, greenlet: Any) -> None:
         """Kill one of our greenlets (a worker, an actor) as part of shutdown."""

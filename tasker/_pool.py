@@ -98,5 +98,8 @@ class ResourcePool:
                 self.destroying.discard(me)
                 self.running.remove(me)
                 started = finished_at if started_at is None else started_at
-                core.record(TaskLifecycleTimestamps(queued_at, started, finished_at), failed, cancelled)
-                core.progressed()
+                stamps = TaskLifecycleTimestamps(queued_at, started, finished_at)
+                try:  # the caller's own Timeout landing in a collector that yields goes on to it
+                    core.record(stamps, failed, cancelled, caller=True)
+                finally:
+                    core.progressed()

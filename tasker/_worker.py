@@ -158,15 +158,22 @@ class Worker:
         return Exit("unhealthy", exc, msg)
 
     def _broken(self, msg: TaskResult, exc: BaseException) -> Exit:
-        """A BaseException that is not ours: answer the caller, then leave for good."""
+        """A BaseException that is not an Exception: answer the caller, then leave for good.
+
+        kill()'s own ``GreenletExit`` answers ``TaskKilledError`` as a cancellation, as
+        kill() does for the tasks it interrupts; one the task raised itself is a failure.
+        """
         core = self.core
-        if isinstance(exc, gevent.Timeout):
-            error: BaseException = TaskTimeoutError(f"task raised its own {exc!r}")
+        cancelled = core.ours(exc)  # kill() ended this worker mid-task: a cancellation, not a failure
+        if cancelled:
+            error: BaseException = TaskKilledError("interrupted by kill()")
+        elif isinstance(exc, gevent.Timeout):
+            error = TaskTimeoutError(f"task raised its own {exc!r}")
         else:
             error = TaskKilledError(f"task raised {exc!r}")
         error.__cause__ = exc
         self.current = None
-        core.finish(msg, error)
+        core.finish(msg, error, cancelled=cancelled)
         if core.killing or isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise exc  # kill() is ending us; or gevent's meaning: it goes to the main greenlet
         return Exit("broken", exc)

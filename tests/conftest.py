@@ -16,7 +16,8 @@ WATCHDOG_SECONDS = 20
 
 def manager_greenlets(manager: TaskManager[Any, Any]) -> list[gevent.Greenlet]:
     """Every greenlet the manager started that is still alive."""
-    candidates = [manager._supervisor.greenlet, manager._watcher, manager._destroyer, manager._resumer]
+    shutdown = manager._shutdown
+    candidates = [manager._supervisor.greenlet, shutdown.watcher, shutdown.destroyer, shutdown.resumer]
     if manager._scaler is not None:
         candidates.append(manager._scaler.greenlet)
     candidates += [w.greenlet for w in manager._supervisor.workers.values()]
@@ -48,9 +49,9 @@ def no_leftover_managers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[TaskM
     yield created
     problems = []
     for manager in created:
-        if not manager._finished.is_set():
+        if not manager._shutdown.finished.is_set():
             problems.append(f"{manager!r} left running")
-            if not manager._kill_called:
+            if not manager._shutdown.kill_called:
                 manager.kill()
         alive = manager_greenlets(manager)
         if alive:

@@ -6,6 +6,7 @@ once, no manager greenlet left alive, and the call returned.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import attrs
@@ -13,7 +14,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import RecordingLogger, Resources, Unhealthy
+from helpers import Gate, RecordingLogger, Resources, Unhealthy
 
 import tasker
 from tasker import ResourceCreationError, TaskKilledError, TaskManager
@@ -217,7 +218,7 @@ class TestYieldingCollector:
             reply = manager.submit(lambda ctx, r: "answered")
         else:
             manager.queue_task_with_callback(lambda ctx, r: "answered", lambda result, error: called.append(result))
-        manager._finished.wait(5)
+        manager._shutdown.finished.wait(5)
         assert stopped == [True]
         if variant == "submit":
             assert reply.get(timeout=0) == "answered"
@@ -225,6 +226,310 @@ class TestYieldingCollector:
             assert called == ["answered"]  # stop() waited for the callback it owed
         res.assert_all_destroyed_once()
         assert manager_greenlets(manager) == []
+
+
+class TestKillCountsItsInterruptionsAsCancellations:
+    """Every reply kill() answers with TaskKilledError is a cancellation in the metrics, not a failure.
+
+    Found by the deep random schedules (``extra == (0, 1, -1)``): while kill() recorded
+    the queued messages it dropped, a collector that yields let the worker greenlets it
+    had just ended run; each answered its own task as "task raised GreenletExit", a
+    failure, before kill() answered it as a cancellation.
+    """
+
+    def test_a_collector_yielding_while_kill_records(self) -> None:
+        res = Resources()
+
+        class Yielding(tasker.Collector):
+            failed = cancelled = 0
+
+            def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+                self.failed += 1
+                super().record_failure(stamps)
+
+            def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+                self.cancelled += 1
+                gevent.sleep(0)  # a collector that sends its records over a gevent socket
+                super().record_cancellation(stamps)
+
+        collector = Yielding()
+        manager: Manager = TaskManager(res.config(worker_count=2, max_worker_count=2, collector=collector))
+        gates = [Gate(), Gate()]
+        replies = [manager.submit(gate) for gate in gates] + [manager.submit(lambda ctx, r: "queued")]
+        for gate in gates:
+            gate.started.wait()
+        manager.kill()
+        assert all(isinstance(reply.exception, TaskKilledError) for reply in replies)
+        assert (collector.failed, collector.cancelled) == (0, 3)
+        assert manager.metrics().total_tasks_failed == 0
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+    def test_a_task_raising_a_base_exception_of_its_own_is_a_failure(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+
+        def exits(ctx: tasker.Context, resource: int) -> None:
+            raise gevent.GreenletExit("the task's own")
+
+        reply = manager.submit(exits)
+        reply.wait(5)
+        assert isinstance(reply.exception, TaskKilledError)
+        assert manager.metrics().total_tasks_failed == 1
+        finish(manager, res)
+
+
+class TestKillAnswersOnceTheTaskHasEnded:
+    """kill() tells a running task's caller "killed" only once the task's code no longer runs.
+
+    Before, kill() answered the callers of running tasks at once, before their greenlets
+    had unwound: a task whose ``finally`` yields (a rollback over a gevent socket) was
+    still using its resource, and writing, after its caller had been told it was killed.
+    """
+
+    def test_the_caller_wakes_after_the_tasks_finally(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+        started = Event()
+        cleaned: list[str] = []
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            try:
+                started.set()
+                Event().wait()
+            finally:
+                gevent.sleep(0)  # a rollback over a socket: it yields
+                cleaned.append("rolled back")
+
+        reply = manager.submit(task)
+        seen: list[list[str]] = []
+
+        def wait_for_the_reply() -> None:
+            reply.wait()
+            seen.append(list(cleaned))
+
+        caller = gevent.spawn(wait_for_the_reply)
+        started.wait()
+        manager.kill()
+        caller.join()
+        assert isinstance(reply.exception, TaskKilledError)
+        assert seen == [["rolled back"]]  # told "killed" only after the cleanup
+        assert manager.metrics().total_tasks_failed == 0
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+    def test_a_task_ignoring_kill_is_answered_at_kill_timeout(self) -> None:
+        res = Resources()
+        clock = FakeClock()
+        manager: Manager = TaskManager(
+            res.config(worker_count=1, max_worker_count=1, kill_timeout=1.0, clock=clock)
+        )
+        started = Event()
+        release = Event()
+
+        def stubborn(ctx: tasker.Context, resource: int) -> None:
+            started.set()
+            while not release.is_set():
+                try:
+                    release.wait()
+                except BaseException:  # ignores kill()
+                    pass
+
+        reply = manager.submit(stubborn)
+        started.wait()
+        killer = gevent.spawn(manager.kill)
+        gevent.idle()
+        assert not reply.ready()  # its code still runs: not told "killed" yet
+        clock.advance(1.0)
+        killer.join()
+        assert isinstance(reply.exception, TaskKilledError)
+        release.set()
+        gevent.idle()
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
+
+
+class Blocking(tasker.Collector):
+    """The default collector, whose next record_arrival/record_completion blocks (a slow metrics sink)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block: str | None = None  # the record that blocks next, once
+        self.entered = Event()
+        self.arrivals = self.terminal = self.cancelled = 0
+
+    def _maybe_block(self, record: str) -> None:
+        if self.block == record:
+            self.block = None
+            self.entered.set()
+            Event().wait()  # until the caller's own Timeout or kill lands here
+
+    def record_arrival(self) -> None:
+        self.arrivals += 1
+        super().record_arrival()
+        self._maybe_block("arrival")
+
+    def record_completion(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.terminal += 1
+        super().record_completion(stamps)
+        self._maybe_block("completion")
+
+    def record_failure(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.terminal += 1
+        super().record_failure(stamps)
+
+    def record_cancellation(self, stamps: tasker.TaskLifecycleTimestamps) -> None:
+        self.terminal += 1
+        self.cancelled += 1
+        super().record_cancellation(stamps)
+
+
+SUBMITTERS = ["submit", "queue_task", "queue_task_async", "queue_task_with_callback"]
+
+
+class TestCallersOwnInterruptInTheCollector:
+    """A caller's own gevent.Timeout, or a kill of its greenlet, that lands while tasker runs the
+    collector in the caller's greenlet goes on to the caller; the submission is withdrawn.
+
+    Before, Core.survive logged and swallowed it: submit returned as if nothing happened,
+    the caller's Timeout was spent, and a greenlet.kill() of the caller did not end it.
+    """
+
+    def _submit(self, manager: Manager, how: str, ran: list[str], called: list[Any]) -> Any:
+        task = lambda ctx, r: ran.append("ran")  # noqa: E731
+        if how == "queue_task_with_callback":
+            return manager.queue_task_with_callback(task, lambda result, error: called.append(error))
+        return getattr(manager, how)(task)
+
+    def _check_withdrawn(self, manager: Manager, collector: Blocking, ran: list[str], called: list[Any]) -> None:
+        gevent.idle()
+        assert manager.stats().queued_tasks == 0
+        assert collector.arrivals == collector.terminal == 2  # the gate's, and the withdrawn one's
+        assert collector.cancelled == 1  # withdrawn, counted once
+        assert ran == [] and called == []  # never ran; no callback owed
+        assert manager.stop() is True  # nothing left to wait for
+
+    @pytest.mark.parametrize("how", SUBMITTERS)
+    def test_the_callers_timeout_during_the_arrival(self, how: str) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        gate = Gate()
+        manager.submit(gate)  # the worker is busy: the submission stays queued
+        gate.started.wait()
+        collector.block = "arrival"
+        ran: list[str] = []
+        called: list[Any] = []
+        timeout = gevent.Timeout(0.01)
+        with pytest.raises(gevent.Timeout) as raised:
+            with timeout:
+                self._submit(manager, how, ran, called)
+        assert raised.value is timeout
+        gate.release.set()
+        self._check_withdrawn(manager, collector, ran, called)
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("how", SUBMITTERS)
+    def test_the_caller_killed_during_the_arrival(self, how: str) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        gate = Gate()
+        manager.submit(gate)
+        gate.started.wait()
+        collector.block = "arrival"
+        ran: list[str] = []
+        called: list[Any] = []
+        after: list[str] = []
+
+        def caller() -> None:
+            self._submit(manager, how, ran, called)
+            after.append("went on")
+
+        greenlet = gevent.spawn(caller)
+        collector.entered.wait()
+        greenlet.kill()
+        assert greenlet.dead and after == []
+        assert isinstance(greenlet.value, gevent.GreenletExit)
+        gate.release.set()
+        self._check_withdrawn(manager, collector, ran, called)
+        res.assert_all_destroyed_once()
+
+    def test_a_submission_a_worker_already_took_has_its_context_cancelled(self) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        gevent.idle()  # the worker is parked: the message is handed to it at once
+        collector.block = "arrival"
+        seen: list[bool] = []
+
+        def cooperative(ctx: tasker.Context, resource: int) -> None:
+            seen.append(ctx.wait(5))
+            ctx.check()
+
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.01):
+                manager.submit(cooperative)
+        assert manager.stop() is True
+        assert seen == [True]  # the task saw its withdrawal
+        assert collector.arrivals == collector.terminal == collector.cancelled == 1
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("interrupt", ["timeout", "kill"])
+    @pytest.mark.parametrize("record", ["arrival", "completion"])
+    def test_run_task(self, record: str, interrupt: str) -> None:
+        res = Resources()
+        collector = Blocking()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=collector))
+        collector.block = record
+        ran: list[str] = []
+        outcome: list[Any] = []
+
+        def task(ctx: tasker.Context, resource: int) -> str:
+            ran.append("ran")
+            return "value"
+
+        def caller() -> None:
+            try:
+                with gevent.Timeout(0.01) if interrupt == "timeout" else nullcontext():
+                    outcome.append(manager.run_task(task))
+            except gevent.Timeout as exc:
+                outcome.append(exc)
+
+        greenlet = gevent.spawn(caller)
+        collector.entered.wait()
+        if interrupt == "kill":
+            greenlet.kill()
+            assert isinstance(greenlet.value, gevent.GreenletExit) and outcome == []
+        else:
+            greenlet.join()
+            assert len(outcome) == 1 and isinstance(outcome[0], gevent.Timeout)
+        assert ran == ([] if record == "arrival" else ["ran"])
+        assert manager.stats().available_resources == 1  # the pooled resource is back
+        assert collector.terminal == 1
+        assert manager.stop() is True  # not waiting for a run_task call
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("kind", [gevent.Timeout, gevent.GreenletExit, Custom])
+    def test_what_a_collector_raises_itself_is_logged_and_the_submission_stands(
+        self, kind: type[BaseException]
+    ) -> None:
+        res = Resources()
+        logger = RecordingLogger()
+
+        class Raising(tasker.Collector):
+            def record_arrival(self) -> None:
+                super().record_arrival()
+                raise kind()
+
+        config = res.config(worker_count=1, max_worker_count=1, collector=Raising(), logger=logger)
+        manager: Manager = TaskManager(config)
+        assert manager.submit(lambda ctx, r: "served").get() == "served"
+        assert manager.run_task(lambda ctx, r: "ran") == "ran"
+        assert logger.count("error", "collector.record_arrival raised") == 2
+        assert manager.stop() is True
+        assert manager.metrics().total_tasks_completed == 2
+        res.assert_all_destroyed_once()
 
 
 class TestBadInputFamily7:
@@ -269,7 +574,7 @@ class TestBadInputFamily7:
             manager.submit(lambda ctx, r: 1)
         with pytest.raises(tasker.ManagerStoppedError, match="parent context"):
             manager.run_task(lambda ctx, r: 1)
-        assert manager._finished.wait(5)
+        assert manager._shutdown.finished.wait(5)
         res.assert_all_destroyed_once()
 
 
@@ -309,7 +614,7 @@ class TestKillInsideAnActorWhileAStopRuns:
         gevent.idle()
         armed.append(True)
         clock.advance(1.0)  # the restart fails: the supervisor fails the queue; kill() from its first record
-        assert manager._finished.wait(5)
+        assert manager._shutdown.finished.wait(5)
         assert len(called) == 1 and isinstance(called[0], ResourceCreationError)
         second.join(5)
         assert isinstance(second.exception, ResourceCreationError)  # the second caller is answered too

@@ -246,9 +246,9 @@ class Scene:
 
     def shut_down(self) -> None:
         manager = self.manager
-        if not (manager._stop_called or manager._kill_called):
+        if not (manager._shutdown.stop_called or manager._shutdown.kill_called):
             manager.stop(timeout=STOP_TIMEOUT)
-        if not manager._finished.wait(BOUND):
+        if not manager._shutdown.finished.wait(BOUND):
             raise AssertionError("shutdown did not finish within its bound")
 
     def check(self) -> None:
@@ -259,7 +259,7 @@ class Scene:
         assert all(run.dead for run in self.runs), "a run_task caller still waits"
         for box in self.callbacks:
             assert box == [1], f"a callback was called {len(box)} times"
-        assert not manager._callback_greenlets
+        assert not manager._shutdown.callback_greenlets
         assert self.tally.terminal == self.tally.arrivals, (self.tally.terminal, self.tally.arrivals)
         if self.act == "block" and self.position.endswith("on_destroy"):
             # kill_timeout let shutdown give up on it; once it returns it is counted again.
@@ -267,7 +267,7 @@ class Scene:
             gevent.idle()
         self.res.assert_all_destroyed_once()
         assert manager_greenlets(manager) == []
-        assert manager._destroyer is None or manager._destroyer.dead
+        assert manager._shutdown.destroyer is None or manager._shutdown.destroyer.dead
 
 
 class _Logger:
@@ -311,6 +311,8 @@ def test_hostile_act(position: str, act: str) -> None:
         scene.shut_down()
         scene.unblock.set()
         scene.check()
+        if position == "collector_arrival" and act in RAISES:
+            assert scene.outcomes == [], scene.outcomes  # the collector's own raise is logged: the submission stands
 
 
 PARKED = ["worker", "supervisor", "scaler", "watcher", "submitter", "stop_drain", "stop_teardown", "kill_wait"]
@@ -362,8 +364,8 @@ def test_greenlet_interrupted_while_parked(place: str, how: str) -> None:
             assert manager._scaler is not None
             hit(manager._scaler.greenlet)
         elif place == "watcher":
-            assert manager._watcher is not None
-            hit(manager._watcher)
+            assert manager._shutdown.watcher is not None
+            hit(manager._shutdown.watcher)
         elif place == "submitter":
             replies.append(manager.submit(gate))  # the free worker takes it: both busy now
             replies.append(manager.submit(lambda ctx, r: "queued"))  # fills the main lane
@@ -403,14 +405,14 @@ def test_greenlet_interrupted_while_parked(place: str, how: str) -> None:
         gate.release.set()
         slow_close.set()
         # The manager still works (unless its own stop() or kill() was the one hit)...
-        if not (manager._stop_called or manager._kill_called):
+        if not (manager._shutdown.stop_called or manager._shutdown.kill_called):
             assert manager.queue_task(lambda ctx, r: "served") == "served"
             parent.cancel()  # ...and still stops when its parent is cancelled
-        elif not manager._kill_called:
+        elif not manager._shutdown.kill_called:
             manager.kill()  # a stop() killed halfway: kill() finishes the shutdown
-        if not manager._finished.wait(BOUND):
+        if not manager._shutdown.finished.wait(BOUND):
             manager.kill()
-        assert manager._finished.is_set()
+        assert manager._shutdown.finished.is_set()
         assert held.ready() and all(r.ready() for r in replies)
         gevent.idle()
         res.assert_all_destroyed_once()

@@ -1,8 +1,8 @@
 """The layering of tasker/ (issue #13): dependencies run one way, and nothing imports the façade.
 
-façade (``_manager``) → actors (``_supervisor``, ``_scaler``, ``_worker``, ``_pool``)
-→ core (``_core``) → values. Imports under ``TYPE_CHECKING`` count: they are
-dependencies a reader must follow too.
+façade (``_manager``) → lifecycle (``_shutdown``) → actors (``_supervisor``,
+``_scaler``, ``_worker``, ``_pool``) → core (``_core``) → values. Imports under
+``TYPE_CHECKING`` count: they are dependencies a reader must follow too.
 """
 
 from __future__ import annotations
@@ -61,8 +61,29 @@ def test_the_core_never_imports_the_programs(program: str) -> None:
     assert importers <= ABOVE_THE_CORE, importers
 
 
+ACTORS = ("_worker", "_supervisor", "_scaler", "_pool")
+
+
 def test_actors_see_the_core_not_the_facade() -> None:
     graph = core_modules()
-    for actor in ("_worker", "_supervisor", "_scaler", "_pool"):
+    for actor in ACTORS:
         assert "_core" in graph[actor], actor
         assert "_manager" not in graph[actor], actor
+
+
+def test_the_lifecycle_sits_between_the_facade_and_the_actors() -> None:
+    """The façade calls into ``_shutdown``; ``_shutdown`` never calls back into the façade."""
+    graph = core_modules()
+    assert "_shutdown" in graph["_manager"]
+    assert "_manager" not in graph["_shutdown"]
+    assert "_core" in graph["_shutdown"]
+    importers = {name for name, deps in graph.items() if "_shutdown" in deps}
+    assert importers == {"_manager"}, importers  # the actors and the core never see it
+
+
+def test_the_facade_holds_no_lifecycle() -> None:
+    """stop/kill/teardown live in ``_shutdown``: the façade only hands those calls over."""
+    tree = ast.parse((PACKAGE / "_manager.py").read_text())
+    names = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    lifecycle = {"_kill_now", "_graceful", "_teardown", "_await", "_resume", "_Deadline", "_call_back", "_watch_parent"}
+    assert not names & lifecycle, names & lifecycle

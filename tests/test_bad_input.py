@@ -72,7 +72,7 @@ class Door:
         assert (stats.queued_tasks, stats.priority_tasks, stats.busy_workers) == (0, 0, 0)
         assert self.collector.arrivals == 0
         assert self.ran == []
-        assert self.manager._callbacks == 0  # private: no callback is owed, stop() will not wait for one
+        assert self.manager._shutdown.callbacks == 0  # private: no callback is owed, stop() will not wait for one
 
     def assert_still_serves_and_stops(self) -> None:
         assert self.manager.queue_task(self.task) == "ran"
@@ -86,7 +86,7 @@ class Door:
 def door() -> Iterator[Door]:
     d = Door()
     yield d
-    if not d.manager._finished.is_set():  # the test failed early
+    if not d.manager._shutdown.finished.is_set():  # the test failed early
         d.manager.kill()
 
 

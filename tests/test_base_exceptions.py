@@ -348,8 +348,8 @@ class TestOnDestroyBaseException:
             assert sorted(attempted) == res.created
             assert manager_greenlets(manager) == []
         finally:
-            if not manager._finished.is_set():  # private: let conftest see a finished manager
-                manager._finished.set()
+            if not manager._shutdown.finished.is_set():  # private: let conftest see a finished manager
+                manager._shutdown.finished.set()
 
 
 class TestCheckHealthAndCallbacks:

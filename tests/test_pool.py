@@ -105,10 +105,10 @@ class TestPooled:
         parent.cancel()  # starts a graceful stop, which waits for this call
         assert gate.ctx.cancelled
         gevent.idle()
-        assert not manager._finished.is_set()
+        assert not manager._shutdown.finished.is_set()
         gate.release.set()
         assert runner.get(timeout=5) == "gate"
-        assert manager._finished.wait(5)
+        assert manager._shutdown.finished.wait(5)
         with pytest.raises(tasker.ManagerStoppedError):
             manager.run_task(lambda ctx, r: None)
         resources.assert_all_destroyed_once()
@@ -329,11 +329,12 @@ class TestResources:
         try:
             outcome = catching(manager.run_task, abort)
             assert isinstance(outcome, (str, tasker.TaskKilledError))
-            assert manager._finished.is_set()
+            assert manager._shutdown.finished.is_set()
             resources.assert_all_destroyed_once()
         finally:
-            if not manager._finished.is_set():
-                manager._teardown(manager._deadline())  # let the leftover check pass; the bug is asserted above
+            if not manager._shutdown.finished.is_set():
+                shutdown = manager._shutdown  # let the leftover check pass; the bug is asserted above
+                shutdown.teardown(shutdown.deadline())
 
     def test_mixed_use_destroys_each_once(self) -> None:
         resources = Resources()

@@ -663,7 +663,9 @@ class ManagerMachine(RuleBasedStateMachine):
         self.stopper = gevent.spawn(self.m.stop, timeout)
 
     @precondition(
-        lambda self: not self.kill_called and not self.m._finished.is_set() and self.steps_taken >= LIFECYCLE_AFTER
+        lambda self: not self.kill_called
+        and not self.m._shutdown.finished.is_set()
+        and self.steps_taken >= LIFECYCLE_AFTER
     )
     @rule()
     def kill(self) -> None:
@@ -680,7 +682,9 @@ class ManagerMachine(RuleBasedStateMachine):
         assert manager_greenlets(self.m) == []
 
     @precondition(
-        lambda self: not self.kill_called and not self.m._finished.is_set() and self.steps_taken >= LIFECYCLE_AFTER
+        lambda self: not self.kill_called
+        and not self.m._shutdown.finished.is_set()
+        and self.steps_taken >= LIFECYCLE_AFTER
     )
     @rule(hook=st.sampled_from(["logger", "collector"]))
     def shut_down_from_a_hook(self, hook: str) -> None:
@@ -846,7 +850,7 @@ class ManagerMachine(RuleBasedStateMachine):
             assert limit is None or running <= limit, (key, running, limit)
             assert running <= dict(stats.key_in_flight).get(key, 0)
         pooled_in_use = sum(1 for p in self.run_probes if p.running and p.resources[-1] in self.pool_ids)
-        if m._finished.is_set():
+        if m._shutdown.finished.is_set():
             assert stats == tasker.TaskStats(0, 0, 0, 0, 0, 0, 0, 0), stats
             assert len(m._mailbox.keys) == 0, "a key record outlived the manager"
         else:
@@ -872,9 +876,9 @@ class ManagerMachine(RuleBasedStateMachine):
         finally:
             for probe in self.probes + self.run_probes:
                 probe.gate.set()
-            if not m._finished.is_set():
+            if not m._shutdown.finished.is_set():
                 self.tally.leaked += 1
-                if not m._kill_called:
+                if not m._shutdown.kill_called:
                     with gevent.Timeout(5, False):
                         m.kill()
             gevent.killall([g for _, g in self.submitters + self.runners])
@@ -908,7 +912,7 @@ class ManagerMachine(RuleBasedStateMachine):
             waiting.append(self.stopper)
         for _ in range(400):
             self._settle()
-            if m._finished.is_set() and all(g.dead for g in waiting):
+            if m._shutdown.finished.is_set() and all(g.dead for g in waiting):
                 break
             for msg in self.ledger.msgs:  # a cooperative task submitted by a late submitter
                 if not msg.ready() and probe_of(msg).kind == "cooperative" and probe_of(msg).running:
@@ -1100,7 +1104,7 @@ class TestKillWhileAStopFromACallbackWaits:
         manager.queue_task_with_callback(Probe("value", 2), lambda result, error: stopped.append(manager.stop()))
         for _ in range(3):
             gevent.idle()
-        assert manager._stop_called and held.running  # stop() waits, inside the callback, for the gate
+        assert manager._shutdown.stop_called and held.running  # stop() waits, inside the callback, for the gate
         killer = gevent.spawn(manager.kill)
         try:
             with gevent.Timeout(2, AssertionError("kill() deadlocked")):
@@ -1112,7 +1116,7 @@ class TestKillWhileAStopFromACallbackWaits:
             assert sorted(factory.destroyed) == sorted(factory.created)
         finally:
             held.gate.set()
-            if not manager._finished.is_set():  # private: unblock the deadlock so the test ends cleanly
-                manager._excused_callbacks = 1
-                manager._check_quiet()
+            if not manager._shutdown.finished.is_set():  # private: unblock the deadlock so the test ends cleanly
+                manager._shutdown.excused_callbacks = 1
+                manager._shutdown.check_quiet()
                 killer.join()

@@ -108,6 +108,6 @@ class TestFromAnotherThread:
             replies = [manager.submit(whose_thread) for _ in range(10)]
             in_thread(kind, getattr(manager, shutdown))
             assert all(r.ready() for r in replies)
-            assert manager._finished.is_set()
+            assert manager._shutdown.finished.is_set()
             res.assert_all_destroyed_once()
             assert manager_greenlets(manager) == []
