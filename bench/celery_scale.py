@@ -159,7 +159,7 @@ def main() -> None:
             single.append(bench.run(1, args.items, 0, 0, 100))
             batched.append(bench.run(1, args.items, args.batch, 0, 100))
             # Each process may hold exactly its share of the batches (-c = batches / processes):
-            # the split is even, and no consumer waits on a full prefetch (see the README).
+            # the split is even, and no consumer waits on a full prefetch (see docs/recipes/celery.md).
             batches = -(-args.items // small)
             one.append(bench.run(1, args.items, small, args.cpu_loops, batches))
             two.append(bench.run(2, args.items, small, args.cpu_loops, -(-batches // 2)))

@@ -19,18 +19,16 @@ tasks on a warm shutdown, and kills it on a cold one::
     def fetch_many(ctx, session, url):
         return session.get(url).text
 
-How tasker's errors map onto Celery (the same table is in the README):
+How tasker's errors map onto Celery:
 
-===================================================  ==========================================
-tasker outcome                                       Celery outcome
-===================================================  ==========================================
-``ManagerStoppedError``, ``TaskKilledError``,        requeued for another worker:
-``QueueFullError``, killed by a cold shutdown        ``Reject(requeue=True)`` with ``acks_late``,
-                                                     else a retry with no countdown
-``RetriesExhaustedError``, ``ResourceCreationError``  a retry with exponential backoff, within
-                                                     the task's own ``max_retries``
-the task's own exception, ``TaskTimeoutError``       an ordinary failure
-===================================================  ==========================================
+- ``ManagerStoppedError``, ``TaskKilledError``, ``QueueFullError``, or killed by a cold
+  shutdown: requeued for another worker (``Reject(requeue=True)`` with ``acks_late``,
+  else a retry with no countdown);
+- ``RetriesExhaustedError``, ``ResourceCreationError``: a retry with exponential
+  backoff, within the task's own ``max_retries``;
+- the task's own exception, ``TaskTimeoutError``: an ordinary failure.
+
+The Celery recipe of the docs (``docs/recipes/celery.md``) has the same table.
 
 With the Redis broker, the integration also restores the ``unacked`` messages of dead
 workers on a timer (kombu does it only when a poll comes back empty, which a busy
