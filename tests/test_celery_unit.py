@@ -183,6 +183,31 @@ class TestPools:
         assert "max_connections" not in (memory.conf.broker_transport_options or {})
 
 
+    @pytest.mark.parametrize(
+        ("options", "expected"),
+        [
+            ({"visibility_timeout": 4.0}, 10),  # the floor
+            ({"visibility_timeout": 60.0}, 60),  # no longer than the visibility timeout
+            ({}, 300),  # kombu's default visibility (1 h): kombu's own expire stays
+            ({"visibility_timeout": 4.0, "unacked_mutex_expire": 120}, 120),  # the user's own stays
+        ],
+    )
+    def test_restore_mutex_expires_within_the_visibility_timeout(
+        self, options: dict[str, float], expected: int
+    ) -> None:
+        from tasker.contrib.celery._worker import restore_mutex_check
+
+        app = Celery("unit", broker="redis://127.0.0.1:1/0", broker_transport_options=dict(options))
+        restore_mutex_check(app)
+        from kombu.transport.redis import Channel
+
+        assert "unacked_mutex_expire" in Channel.from_transport_options  # what the channels read
+        assert app.conf.broker_transport_options.get("unacked_mutex_expire", Channel.unacked_mutex_expire) == expected
+        memory = Celery("unit", broker="memory://")
+        restore_mutex_check(memory)
+        assert "unacked_mutex_expire" not in (memory.conf.broker_transport_options or {})
+
+
 class TestCeleryInternals:
     """What the integration relies on beyond Celery's public API is still there."""
 

@@ -19,7 +19,7 @@ from celery.exceptions import ImproperlyConfigured  # type: ignore[import-untype
 if TYPE_CHECKING:
     from ._integration import Integration
 
-__all__ = ["PoolKind", "broker_pool_check", "make_step", "pool_kind"]
+__all__ = ["PoolKind", "broker_pool_check", "make_step", "pool_kind", "restore_mutex_check"]
 
 logger = logging.getLogger("tasker.contrib.celery")
 
@@ -76,6 +76,38 @@ def broker_pool_check(app: Any, concurrency: int, fix: bool) -> None:
         )  # fmt: skip
 
 
+MUTEX_EXPIRE_FLOOR = 10.0  # seconds: far longer than one restore (milliseconds) takes
+
+
+def restore_mutex_check(app: Any) -> None:
+    """Keep a dead worker's hold on the Redis restore mutex shorter than the visibility timeout.
+
+    Restoring ``unacked`` messages takes a Redis mutex that expires after
+    ``unacked_mutex_expire`` (300 s by default). A worker SIGKILLed while it holds the
+    mutex (its own restore, or kombu's on an empty poll) blocks every restore until then,
+    so with a short ``visibility_timeout`` its messages came back minutes late. Unless
+    the option is set, it is lowered to the visibility timeout (at least
+    ``MUTEX_EXPIRE_FLOOR``), so a dead worker delays a restore no longer than its own
+    messages wait anyway.
+    """
+    probe = app.connection_for_read()
+    try:
+        if probe.transport.driver_type != "redis":
+            return
+        channel = probe.transport.Channel
+        default_expire, default_visibility = channel.unacked_mutex_expire, channel.visibility_timeout
+    finally:
+        probe.release()
+    options = dict(app.conf.broker_transport_options or {})
+    if "unacked_mutex_expire" in options:
+        return
+    visibility = float(options.get("visibility_timeout", default_visibility))
+    expire = int(min(default_expire, max(MUTEX_EXPIRE_FLOOR, visibility)))
+    if expire < default_expire:
+        options["unacked_mutex_expire"] = expire
+        app.conf.broker_transport_options = options
+
+
 def make_step(integration: Integration[Any]) -> type[Any]:
     """A worker bootstep class bound to ``integration`` (Celery instantiates steps itself)."""
 
@@ -90,6 +122,7 @@ def make_step(integration: Integration[Any]) -> type[Any]:
             integration._pool_kind = kind
             self.enabled = kind != "prefork"
             broker_pool_check(worker.app, worker.concurrency, integration.fix_broker_pool)
+            restore_mutex_check(worker.app)
             super().__init__(worker, **kwargs)
 
         def start(self, worker: Any) -> None:
