@@ -226,11 +226,13 @@ class TaskManager(SeedVariants[R, E]):
         msg = TaskResult(core, fn, priority, once, timeout, now, extra)
         core.arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
-        fast = core.fast
-        if fast is None:
+        arrivals = core.pending_arrivals
+        if arrivals is None:
             core.record_arrival()
         else:
-            fast.arrived_at(now)
+            arrivals.append(now)
+            if len(arrivals) >= core.fold_every:
+                core.fast.fold()  # type: ignore[union-attr]  # set with arrivals
         return msg
 
     def _submit_from_thread(
