@@ -209,7 +209,7 @@ class TaskManager(SeedVariants[R, E]):
         else:
             _check_key(key, retry)
             extra = Extra(key, retry)
-        if priority.__class__ is not bool or once.__class__ is not bool or block.__class__ is not bool:
+        if priority is not False or once is not False or block is not True:  # the defaults: three identity checks
             _check_flags(priority=priority, once=once, block=block)
         if timeout is None:
             timeout = self._task_timeout
