@@ -27,7 +27,7 @@ from ._context import Context
 from ._core import NO_RESOURCE, Core
 from ._errors import ManagerStoppedError, ResourceCreationError, TaskKilledError
 from ._mailbox import Mailbox
-from ._message import Extra, Interrupt, TaskResult
+from ._message import Extra, Interrupt, TaskResult, message
 from ._metrics import Collector
 from ._pool import ResourcePool
 from ._retry import RetryPolicy
@@ -223,7 +223,7 @@ class TaskManager(SeedVariants[R, E]):
             mailbox.wait_for_room(priority, block, timeout)
             core.check_accepting()
         now = core.now()
-        msg = TaskResult(core, fn, priority, once, timeout, now, extra)
+        msg = message(core, fn, priority, once, timeout, now, extra)
         core.arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
         arrivals = core.pending_arrivals

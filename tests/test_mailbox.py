@@ -17,12 +17,13 @@ from tasker import MonotonicClock
 from tasker._fifo import Fifo
 from tasker._mailbox import Mailbox
 from tasker._message import TaskResult
+from tasker._message import message as new_message
 from tasker.testing import FakeClock
 
 
 def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
-    return TaskResult(None, name, priority, False, None, 0.0)
+    return new_message(None, name, priority, False, None, 0.0)  # type: ignore[arg-type]
 
 
 @attrs.define(eq=False)
