@@ -23,6 +23,8 @@ not meant to be shared between OS threads.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left as _bisect_left
+from bisect import bisect_right as _bisect_right
 from collections import deque
 from functools import reduce as _reduce
 from operator import add as _add
@@ -36,8 +38,6 @@ __all__ = ["FOLD_EVERY", "Collector"]
 FOLD_EVERY = 1000  # arrivals, or completions, buffered before they are folded in
 _MIN_VALUE = 1e-9  # 1 ns: anything shorter lands in bucket 0, which reads as the minimum seen
 _MAX_VALUE = 1e6  # seconds; longer values land in the last bucket
-_log = math.log2  # a third of math.log's cost; buckets are in base gamma either way
-_ceil = math.ceil
 
 
 class _RateWindow:
@@ -122,10 +122,10 @@ class Collector:
         self._clock = clock or MonotonicClock()
         gamma = (1 + relative_error) / (1 - relative_error)
         self._gamma = gamma
-        self._inv_log_gamma = 1.0 / _log(gamma)
-        self._log_offset = -_log(_MIN_VALUE) * self._inv_log_gamma
-        self._buckets = [0] * (int(_log(_MAX_VALUE / _MIN_VALUE) * self._inv_log_gamma) + 2)
+        self._buckets = [0] * (int(math.log(_MAX_VALUE / _MIN_VALUE) / math.log(gamma)) + 2)
         self._last = len(self._buckets) - 1
+        # Bucket i holds the values in (bounds[i-1], bounds[i]]; the last one, all above.
+        self._bounds = [_MIN_VALUE * gamma**i for i in range(self._last)]
         self._ran = 0
         self._exec_sum = 0.0
         self._exec_min = math.inf
@@ -199,21 +199,24 @@ class Collector:
         took = list(map(_sub, finished, started))
         self._exec_sum = _reduce(_add, took, self._exec_sum)  # in order: what one at a time adds
         self._wait_sum = _reduce(_add, map(_sub, started, queued), self._wait_sum)
-        low, high = min(took), max(took)
-        if low < self._exec_min:
-            self._exec_min = low
-        if high > self._exec_max:
-            self._exec_max = high
-        buckets = self._buckets
-        inv_log_gamma, log_offset = self._inv_log_gamma, self._log_offset
-        if low > _MIN_VALUE and high < _MAX_VALUE:  # the usual case: no value needs clamping
-            for value in took:
-                buckets[_ceil(_log(value) * inv_log_gamma + log_offset)] += 1
+        took.sort()  # then each bucket's share is one bisection, not a log per value
+        if took[0] < self._exec_min:
+            self._exec_min = took[0]
+        if took[-1] > self._exec_max:
+            self._exec_max = took[-1]
+        buckets, bounds, last = self._buckets, self._bounds, self._last
+        n = len(took)
+        i = _bisect_left(bounds, took[0])
+        start = 0
+        while i < last:
+            end = _bisect_right(took, bounds[i], start)  # the values <= bounds[i]: bucket i
+            buckets[i] += end - start
+            if end == n:
+                break
+            start = end
+            i = _bisect_left(bounds, took[start], i + 1)
         else:
-            last = self._last
-            for value in took:
-                i = _ceil(_log(value) * inv_log_gamma + log_offset) if value > _MIN_VALUE else 0
-                buckets[i if i < last else last] += 1
+            buckets[last] += n - start
         self._ran += len(took)
         _count(self._finishes, finished)
 
