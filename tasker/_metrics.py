@@ -171,13 +171,9 @@ class Collector:
         self._cancelled += 1
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        self.completed(*stamps)
-
-    def completed(self, queued_at: float, started_at: float, finished_at: float) -> None:
-        """``record_completion`` without building the timestamps."""
-        stamps = self.pending_stamps
-        stamps += (queued_at, started_at, finished_at)
-        if len(stamps) >= 3 * FOLD_EVERY:
+        pending = self.pending_stamps
+        pending += stamps  # (queued, started, finished): a NamedTuple of three floats
+        if len(pending) >= 3 * FOLD_EVERY:
             self.fold()
 
     def fold(self) -> None:
