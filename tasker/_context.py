@@ -9,6 +9,7 @@ allocates an event, on each context of the chain it waits on.
 
 from __future__ import annotations
 
+from sys import getrefcount
 from typing import Any
 
 import gevent
@@ -16,7 +17,7 @@ from gevent.event import Event
 
 from ._errors import CancelledError
 
-__all__ = ["Context"]
+__all__ = ["UNSHARED", "Context"]
 
 
 def _check_seconds(timeout: Any) -> None:
@@ -104,3 +105,13 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context {'cancelled' if self.cancelled else 'live'}>"
+
+
+def _references_of_a_local() -> int:
+    ctx = Context()
+    return getrefcount(ctx)
+
+
+# ``sys.getrefcount`` of a context that only a local variable holds, measured rather than
+# assumed (interpreters differ): a worker reuses a finished task's context only then.
+UNSHARED = _references_of_a_local()

@@ -36,7 +36,7 @@ from ._context import Context
 from ._errors import CancelledError, ManagerStoppedError, RetriesExhaustedError, TaskKilledError, TaskTimeoutError
 from ._mailbox import Mailbox
 from ._message import Extra, Interrupt, TaskResult
-from ._metrics import Collector
+from ._metrics import FOLD_EVERY, Collector
 from ._retry import RetryPolicy
 from ._threads import call_in_hub, get_ident
 from ._types import Logger, MetricsCollector, TaskLifecycleTimestamps
@@ -44,6 +44,7 @@ from ._types import Logger, MetricsCollector, TaskLifecycleTimestamps
 __all__ = ["NO_RESOURCE", "Core"]
 
 NO_RESOURCE: Any = object()  # a resource may legitimately be None
+_FOLD_STAMPS = 3 * FOLD_EVERY  # three floats a completion
 
 
 def _nothing() -> None:
@@ -99,11 +100,17 @@ class Core:
         self._record_cancellation = getattr(collector, "record_cancellation", None)  # optional
         self._record_transient_retry = getattr(collector, "record_transient_retry", None)  # optional
         # The default collector on the manager's own clock is fed directly: an arrival
-        # reuses the submission's clock reading, a completion is three floats. A collector
-        # of any other type (a subclass too) gets every record through its methods, at once.
+        # appends the submission's clock reading to its buffer, a completion three floats.
+        # A collector of any other type (a subclass too) gets every record through its
+        # methods, at once.
         self.fast: Collector | None = None
+        self.pending_arrivals: list[float] | None = None  # the fast collector's buffers
+        self.pending_stamps: list[float] | None = None
+        self.fold_every = FOLD_EVERY  # arrivals buffered before the submitter folds them in
         if type(collector) is Collector and collector.clock_now == clock.now:
             self.fast = collector
+            self.pending_arrivals = collector.pending_arrivals
+            self.pending_stamps = collector.pending_stamps
         self.parent = parent
         self.ctx = parent.child() if parent is not None else Context()
         self.hub = gevent.get_hub()
@@ -134,9 +141,11 @@ class Core:
         if exc is None:
             msg.set(value)
             msg._ctx = None  # nothing needs the task's context once its reply is set
-            fast = self.fast
-            if fast is not None:
-                fast.completed(msg._queued_at, started, now)
+            stamps = self.pending_stamps
+            if stamps is not None:
+                stamps += (msg._queued_at, started, now)
+                if len(stamps) >= _FOLD_STAMPS:
+                    self.fast.fold()  # type: ignore[union-attr]  # set with stamps
                 return
         else:
             msg.set_exception(exc)

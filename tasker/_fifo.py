@@ -1,4 +1,5 @@
-"""A FIFO of messages with O(1) withdrawal: the lanes of the mailbox and the keys' backlogs.
+"""A FIFO with O(1) withdrawal: the lanes of the mailbox, the keys' backlogs, and the
+submitters waiting for room in a lane.
 
 The messages are kept in order in a deque and the ones still queued in a dict (a dict
 rather than a set: the garbage collector walks its dense entries, not a sparse table

@@ -10,7 +10,8 @@ them. A worker only parks when both lanes are empty, so a parked worker means em
 lanes: every taker sees priority messages first.
 
 With ``max_size``, each lane holds at most that many messages; submitters wait for
-room on a FIFO of gevent waiters, each woken when a message leaves the lane (a
+room on a FIFO of gevent waiters (a :class:`~tasker._fifo.Fifo`: one that times out or
+is killed leaves it in O(1)), each woken when a message leaves the lane (a
 redelivered message goes in regardless, so a lane can briefly hold one more per
 redelivery: the supervisor never blocks).
 
@@ -34,7 +35,6 @@ parked rather than exit as long as any of them remains.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable, Mapping
 from typing import Any, Protocol
 
@@ -79,7 +79,7 @@ class Lane(Fifo):
         super().__init__()
         self.blocked = 0  # messages of this lane waiting in a key's backlog
         self.delayed = 0  # messages of this lane waiting out a retry backoff
-        self.waiters: deque[Waiter] = deque()
+        self.waiters = Fifo()  # submitters' Waiters, FIFO; one that gives up leaves in O(1)
 
     def size(self) -> int:
         return len(self.live) + self.blocked + self.delayed
@@ -405,11 +405,8 @@ class Mailbox:
         def expire() -> None:
             nonlocal expired
             expired = True
-            try:
-                lane.waiters.remove(waiter)
-            except ValueError:
-                return  # already woken for room, or not waiting right now
-            self._run_callback(waiter.switch, None)
+            if lane.waiters.withdraw(waiter):  # else: already woken for room, or not waiting right now
+                self._run_callback(waiter.switch, None)
 
         timer = self._call_later(timeout, expire) if timeout is not None else None
         enter = lane.waiters.append
@@ -432,9 +429,7 @@ class Mailbox:
         return len(self.main.waiters) + len(self.priority.waiters)
 
     def _leave(self, lane: Lane, waiter: Waiter) -> None:
-        try:
-            lane.waiters.remove(waiter)
-        except ValueError:
+        if not lane.waiters.withdraw(waiter):
             # We were woken as we gave up: pass the room on so it is not lost.
             if lane.size() < (self.max_size or 0) and lane.waiters:
                 self._wake_one(lane)

@@ -25,7 +25,7 @@ from ._context import Context
 from ._core import Core
 from ._errors import ResourceCreationError
 from ._mailbox import Mailbox
-from ._message import Extra, TaskResult
+from ._message import Extra, TaskResult, message
 from ._metrics import Collector
 from ._pool import ResourcePool
 from ._retry import RetryPolicy
@@ -179,7 +179,7 @@ class TaskManager(SeedVariants[R, E]):
         else:
             _check_key(key, retry)
             extra = Extra(key, retry)
-        if priority.__class__ is not bool or once.__class__ is not bool or block.__class__ is not bool:
+        if priority is not False or once is not False or block is not True:  # the defaults: three identity checks
             _check_flags(priority=priority, once=once, block=block)
         if timeout is None:
             timeout = self._task_timeout
@@ -193,14 +193,16 @@ class TaskManager(SeedVariants[R, E]):
             mailbox.wait_for_room(priority, block, timeout)
             core.check_accepting()
         now = core.now()
-        msg = TaskResult(core, fn, priority, once, timeout, now, extra)
+        msg = message(core, fn, priority, once, timeout, now, extra)
         core.arrived += 1
         mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
-        fast = core.fast
-        if fast is None:
+        arrivals = core.pending_arrivals
+        if arrivals is None:
             core.record_arrival(msg)
         else:
-            fast.arrived_at(now)
+            arrivals.append(now)
+            if len(arrivals) >= core.fold_every:
+                core.fast.fold()  # type: ignore[union-attr]  # set with arrivals
         return msg
 
     def _submit_from_thread(

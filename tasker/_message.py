@@ -20,7 +20,7 @@ from ._context import Context
 if TYPE_CHECKING:
     from ._retry import RetryPolicy
 
-__all__ = ["Extra", "Interrupt", "TaskResult"]
+__all__ = ["Extra", "Interrupt", "TaskResult", "message"]
 
 
 class Canceller(Protocol):
@@ -47,8 +47,19 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     """The reply to one submission: a ``gevent.event.AsyncResult`` you can cancel.
 
     ``get()`` returns the task's value or raises its exception; ``cancel()`` withdraws
-    the submission.
+    the submission. Made by :func:`message` (the manager's submit), never directly.
     """
+
+    _core: Canceller
+    _fn: Callable[[Context, Any], Any]
+    _priority: bool
+    _once: bool
+    _timeout: float | None
+    _queued_at: float
+    _started_at: float | None
+    _attempts: int
+    _ctx: Context | None
+    _extra: Extra | None
 
     __slots__ = (
         "_attempts",
@@ -62,28 +73,6 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         "_started_at",
         "_timeout",
     )
-
-    def __init__(
-        self,
-        core: Canceller,
-        fn: Callable[[Context, Any], Any],
-        priority: bool,
-        once: bool,
-        timeout: float | None,
-        queued_at: float,
-        extra: Extra | None = None,
-    ) -> None:
-        AsyncResult.__init__(self)
-        self._core = core
-        self._fn = fn
-        self._priority = priority
-        self._once = once
-        self._timeout = timeout
-        self._queued_at = queued_at
-        self._started_at: float | None = None
-        self._attempts = 0
-        self._ctx: Context | None = None
-        self._extra = extra  # key, retry policy, transient retries; None for most messages
 
     def cancel(self) -> bool:
         """Withdraw the submission.
@@ -114,6 +103,35 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         """Transient retries so far (by the retry policy; not unhealthy redeliveries)."""
         extra = self._extra
         return 0 if extra is None else extra.retries
+
+
+def message(
+    core: Canceller,
+    fn: Callable[[Context, Any], Any],
+    priority: bool,
+    once: bool,
+    timeout: float | None,
+    queued_at: float,
+    extra: Extra | None = None,
+) -> TaskResult:
+    """A new submission: its reply, carrying its envelope.
+
+    A function rather than ``TaskResult.__init__``: a class with an ``__init__`` of its
+    own is built through a slower path of the interpreter (``slot_tp_init``), and this
+    is once per submission (callgrind: ~1,400 instructions less a task).
+    """
+    msg = TaskResult()
+    msg._core = core
+    msg._fn = fn
+    msg._priority = priority
+    msg._once = once
+    msg._timeout = timeout
+    msg._queued_at = queued_at
+    msg._started_at = None
+    msg._attempts = 0
+    msg._ctx = None
+    msg._extra = extra  # key, retry policy, transient retries; None for most messages
+    return msg
 
 
 class Interrupt(BaseException):

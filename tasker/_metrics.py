@@ -7,11 +7,14 @@ value, whatever the number of samples; min, max and means are exact. Rates count
 in a ring of time slots covering the last ``window`` seconds. Memory is a fixed list of
 ~1,800 bucket counters and a few slots, however many tasks run.
 
-``record_completion`` only appends its timestamps to a buffer; the buffer is folded
-into the histogram, the sums and the completion-rate window every ``FOLD_EVERY``
-records and whenever ``metrics()`` reads them, in one tight loop. Folding in order,
-with each record's own finish time, gives exactly what folding each record at once
-would: ``metrics()`` never sees a record late, and the buffer bounds memory.
+``record_arrival`` and ``record_completion`` only append their times to two flat
+lists (``pending_arrivals``, ``pending_stamps``); the lists are folded into the
+histogram, the sums and the rate windows every ``FOLD_EVERY`` records and whenever
+``metrics()`` reads them, one batch at a time. Folding in order, with
+each record's own times, gives exactly what folding each record at once would:
+``metrics()`` never sees a record late, and the buffers bound memory. A manager on
+this collector's clock appends to the lists itself (see ``Core.finish``), which saves
+a call per record; it then calls :meth:`Collector.fold` when a list is full.
 
 It never blocks and never yields, so within one gevent process it needs no lock; it is
 not meant to be shared between OS threads.
@@ -20,17 +23,21 @@ not meant to be shared between OS threads.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left as _bisect_left
+from bisect import bisect_right as _bisect_right
 from collections import deque
+from functools import reduce as _reduce
+from operator import add as _add
+from operator import sub as _sub
 
 from ._clock import Clock, MonotonicClock
 from ._types import TaskLifecycleTimestamps, TaskMetrics
 
 __all__ = ["FOLD_EVERY", "Collector"]
 
-FOLD_EVERY = 1000  # completions buffered before they are folded in
+FOLD_EVERY = 1000  # arrivals, or completions, buffered before they are folded in
 _MIN_VALUE = 1e-9  # 1 ns: anything shorter lands in bucket 0, which reads as the minimum seen
 _MAX_VALUE = 1e6  # seconds; longer values land in the last bucket
-_log = math.log
 
 
 class _RateWindow:
@@ -72,6 +79,17 @@ class _RateWindow:
         return (self.count - count_then) / span if span > 0 else 0.0
 
 
+def _count(window: _RateWindow, times: list[float]) -> None:
+    """Count events at ``times`` (in the order they happened) in ``window``."""
+    if max(times) < window.next_roll:  # no slot boundary among them: the usual case
+        window.count += len(times)
+        return
+    for now in times:
+        if now >= window.next_roll:
+            window.roll(now)
+        window.count += 1
+
+
 class Collector:
     """The default :class:`~tasker.MetricsCollector`.
 
@@ -104,10 +122,10 @@ class Collector:
         self._clock = clock or MonotonicClock()
         gamma = (1 + relative_error) / (1 - relative_error)
         self._gamma = gamma
-        self._inv_log_gamma = 1.0 / math.log(gamma)
-        self._log_offset = -math.log(_MIN_VALUE) * self._inv_log_gamma
-        self._buckets = [0] * (int(math.log(_MAX_VALUE / _MIN_VALUE) * self._inv_log_gamma) + 2)
+        self._buckets = [0] * (int(math.log(_MAX_VALUE / _MIN_VALUE) / math.log(gamma)) + 2)
         self._last = len(self._buckets) - 1
+        # Bucket i holds the values in (bounds[i-1], bounds[i]]; the last one, all above.
+        self._bounds = [_MIN_VALUE * gamma**i for i in range(self._last)]
         self._ran = 0
         self._exec_sum = 0.0
         self._exec_min = math.inf
@@ -117,7 +135,10 @@ class Collector:
         self._cancelled = 0
         self._retried = 0
         self._transient = 0
-        self._pending: list[tuple[float, float, float]] = []  # (queued, started, finished) not folded in yet
+        # Not folded in yet: arrival times, and (queued, started, finished) of each completion,
+        # flat. The manager appends to them directly when it shares this collector's clock.
+        self.pending_arrivals: list[float] = []
+        self.pending_stamps: list[float] = []
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
         self._finishes = _RateWindow(window, 20, now)
@@ -132,10 +153,10 @@ class Collector:
 
     def arrived_at(self, now: float) -> None:
         """``record_arrival`` with the time already read (the manager's, when it shares this clock)."""
-        arrivals = self._arrivals
-        if now >= arrivals.next_roll:
-            arrivals.roll(now)
-        arrivals.count += 1
+        arrivals = self.pending_arrivals
+        arrivals.append(now)
+        if len(arrivals) >= FOLD_EVERY:
+            self.fold()
 
     def record_retry(self) -> None:
         self._retried += 1
@@ -150,57 +171,50 @@ class Collector:
         self._cancelled += 1
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        self.completed(*stamps)
+        pending = self.pending_stamps
+        pending += stamps  # (queued, started, finished): a NamedTuple of three floats
+        if len(pending) >= 3 * FOLD_EVERY:
+            self.fold()
 
-    def completed(self, queued_at: float, started_at: float, finished_at: float) -> None:
-        """``record_completion`` without building the timestamps: the manager's hot path."""
-        pending = self._pending
-        pending.append((queued_at, started_at, finished_at))
-        if len(pending) >= FOLD_EVERY:
-            self._fold()
+    def fold(self) -> None:
+        """Fold the buffered arrivals and completions in (both buffers end empty).
 
-    def _fold(self) -> None:
-        """Fold the buffered completions in, oldest first, in one loop over locals.
-
-        Each record is counted in the completion-rate window by its own finish time,
-        exactly as if it had been folded in when it was recorded.
+        Each record is counted in its rate window by its own time, exactly as if it had
+        been folded in when it was recorded; the histogram, sums, min and max get the
+        same values, in the same order, as one record at a time would give them.
         """
-        pending = self._pending
-        if not pending:
+        arrivals = self.pending_arrivals
+        if arrivals:
+            _count(self._arrivals, arrivals)
+            arrivals.clear()
+        stamps = self.pending_stamps
+        if not stamps:
             return
-        self._pending = []
-        finishes = self._finishes
-        next_roll = finishes.next_roll
-        count = finishes.count
-        buckets = self._buckets
-        last = self._last
-        inv_log_gamma = self._inv_log_gamma
-        log_offset = self._log_offset
-        ceil = math.ceil
-        exec_sum, wait_sum = self._exec_sum, self._wait_sum
-        low, high = self._exec_min, self._exec_max
-        for queued, started, finished in pending:
-            if finished >= next_roll:
-                finishes.count = count
-                finishes.roll(finished)
-                next_roll = finishes.next_roll
-            count += 1
-            took = finished - started
-            exec_sum += took
-            wait_sum += started - queued
-            if took < low:
-                low = took
-            if took > high:
-                high = took
-            if took > _MIN_VALUE:
-                i = ceil(_log(took) * inv_log_gamma + log_offset)
-                buckets[i if i < last else last] += 1
-            else:
-                buckets[0] += 1
-        finishes.count = count
-        self._ran += len(pending)
-        self._exec_sum, self._wait_sum = exec_sum, wait_sum
-        self._exec_min, self._exec_max = low, high
+        queued, started, finished = stamps[0::3], stamps[1::3], stamps[2::3]
+        stamps.clear()
+        took = list(map(_sub, finished, started))
+        self._exec_sum = _reduce(_add, took, self._exec_sum)  # in order: what one at a time adds
+        self._wait_sum = _reduce(_add, map(_sub, started, queued), self._wait_sum)
+        took.sort()  # then each bucket's share is one bisection, not a log per value
+        if took[0] < self._exec_min:
+            self._exec_min = took[0]
+        if took[-1] > self._exec_max:
+            self._exec_max = took[-1]
+        buckets, bounds, last = self._buckets, self._bounds, self._last
+        n = len(took)
+        i = _bisect_left(bounds, took[0])
+        start = 0
+        while i < last:
+            end = _bisect_right(took, bounds[i], start)  # the values <= bounds[i]: bucket i
+            buckets[i] += end - start
+            if end == n:
+                break
+            start = end
+            i = _bisect_left(bounds, took[start], i + 1)
+        else:
+            buckets[last] += n - start
+        self._ran += len(took)
+        _count(self._finishes, finished)
 
     def _percentile(self, q: float) -> float:
         rank = max(1, math.ceil(q * self._ran))
@@ -213,7 +227,7 @@ class Collector:
         return self._exec_max  # pragma: no cover - rank <= total by construction
 
     def metrics(self) -> TaskMetrics:
-        self._fold()
+        self.fold()
         now = self._clock.now()
         completed = ran = self._ran
         terminal = completed + self._failed

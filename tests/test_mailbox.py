@@ -25,8 +25,10 @@ from helpers import (
 
 import tasker
 from tasker import MonotonicClock
+from tasker._fifo import Fifo
 from tasker._mailbox import Mailbox
 from tasker._message import TaskResult
+from tasker._message import message as new_message
 from tasker.testing import FakeClock
 
 
@@ -49,7 +51,7 @@ class NoCancel:
 
 def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
-    return TaskResult(NoCancel(), Named(name), priority, False, None, 0.0)
+    return new_message(NoCancel(), Named(name), priority, False, None, 0.0)
 
 
 def name_of(msg: TaskResult) -> str:
@@ -262,6 +264,39 @@ class TestWithdraw:
         assert submitter.done == ["w"]
         assert (len(mailbox), mailbox.blocked_submitters()) == (3, 0)
         assert take_all(mailbox) == ["a", "c", "w"]
+
+    def test_submitters_that_give_up_leave_their_place_at_once(self) -> None:
+        # Waiters that time out leave the FIFO in O(1) (a Fifo, not deque.remove), from
+        # anywhere in it; the ones left still get the room in their order.
+        clock = FakeClock()
+        mailbox = Mailbox(2, clock)
+        mailbox.put(message("a"))
+        mailbox.put(message("b"))
+        done: list[int] = []
+        gave_up: list[int] = []
+
+        def submit(i: int) -> None:
+            try:
+                mailbox.wait_for_room(False, True, 1.0 if i % 2 else None)
+            except tasker.QueueFullError:
+                gave_up.append(i)
+                return
+            done.append(i)
+            mailbox.put(message(str(i)))
+
+        submitters = [gevent.spawn(submit, i) for i in range(200)]
+        gevent.idle()
+        assert isinstance(mailbox.main.waiters, Fifo)
+        assert mailbox.blocked_submitters() == 200
+        clock.advance(1.0)  # every odd one gives up
+        gevent.idle()
+        assert mailbox.blocked_submitters() == 100
+        for _ in range(100):
+            take_all(mailbox)
+            gevent.idle()
+        gevent.joinall(submitters, timeout=5)
+        assert done == list(range(0, 200, 2))
+        assert gave_up == list(range(1, 200, 2))
 
     def test_a_withdrawn_message_frees_room_once(self) -> None:
         mailbox, msgs = self.queued("ab", max_size=2)

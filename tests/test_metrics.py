@@ -371,14 +371,18 @@ class TestRates:
 class TestBuffering:
     """Completions are buffered and folded in batches: what metrics() reports is unchanged."""
 
-    def feed(self, collector: tasker.Collector, clock: FakeClock, n: int, read_each: bool) -> list[tasker.TaskMetrics]:
+    def feed(
+        self, collector: tasker.Collector, clock: FakeClock, n: int, read_each: bool, instant_every: int = 0
+    ) -> list[tasker.TaskMetrics]:
         rng = random.Random(5)
         seen = []
         for i in range(n):
             clock.advance(rng.expovariate(200.0))  # ~200 per second: several windows in all
             now = clock.now()
             collector.record_arrival()
-            if i % 7:
+            if instant_every and i % instant_every == 0:
+                collector.record_completion(Stamps(now - 0.01, now, now))  # took no time: bucket 0
+            elif i % 7:
                 collector.record_completion(Stamps(now - 0.01, now - 0.005, now + lognormal(rng)))
             else:
                 collector.record_failure(Stamps(now, now, now))
@@ -396,13 +400,24 @@ class TestBuffering:
         assert lazy[-1].total_tasks_completed == n - (n + 6) // 7
         assert lazy[-1].task_completion_rate > 0
 
+    def test_same_metrics_with_instant_tasks_in_the_batches(self) -> None:
+        # A batch holding an execution time of 0 takes the per-record path for the histogram.
+        n = 2 * tasker._metrics.FOLD_EVERY + 77
+        eager_clock, lazy_clock = FakeClock(), FakeClock()
+        eager = self.feed(tasker.Collector(clock=eager_clock), eager_clock, n, read_each=True, instant_every=13)
+        lazy = self.feed(tasker.Collector(clock=lazy_clock), lazy_clock, n, read_each=False, instant_every=13)
+        assert lazy[-1] == eager[-1]
+        assert lazy[-1].min_execution_time == 0.0
+
     def test_the_buffer_stays_bounded(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
         for _ in range(5 * tasker._metrics.FOLD_EVERY + 1):
             collector.record_completion(Stamps(0.0, 0.0, 1.0))
-            assert len(collector._pending) < tasker._metrics.FOLD_EVERY
+            collector.record_arrival()
+            assert len(collector.pending_stamps) < 3 * tasker._metrics.FOLD_EVERY
+            assert len(collector.pending_arrivals) < tasker._metrics.FOLD_EVERY
         assert collector.metrics().total_tasks_completed == 5 * tasker._metrics.FOLD_EVERY + 1
-        assert collector._pending == []
+        assert collector.pending_stamps == collector.pending_arrivals == []
 
     def test_completion_rate_of_buffered_records_uses_their_finish_times(self) -> None:
         clock = FakeClock()

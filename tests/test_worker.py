@@ -299,3 +299,41 @@ class TestResourceDestroyedOnExit:
                 manager.queue_task(broken)
             assert manager.queue_task(the_resource) == 2
         assert events == ["create 1", "destroy 1", "create 2", "destroy 2"]
+
+
+class TestContextReuse:
+    """A finished task's context goes to the next task only if nothing kept it and it is live."""
+
+    def test_an_unshared_live_context_is_reused(self) -> None:
+        seen: list[int] = []
+        with Manager(one_worker(Resources())) as manager:
+            for _ in range(3):
+                manager.queue_task(lambda ctx, r: seen.append(id(ctx)))
+        assert len(set(seen)) == 1  # structural: the allocation a task is saved
+
+    def test_a_kept_context_is_never_handed_to_another_task(self) -> None:
+        kept: list[tasker.Context] = []
+        later: list[tasker.Context] = []
+        with Manager(one_worker(Resources())) as manager:
+            manager.queue_task(lambda ctx, r: kept.append(ctx))
+            manager.queue_task(lambda ctx, r: later.append(ctx))
+            kept[0].cancel()  # the keeper cancels its own context: no other task may see it
+            assert manager.queue_task(lambda ctx, r: ctx.cancelled) is False
+        assert later[0] is not kept[0]
+
+    def test_a_context_kept_by_a_child_is_never_reused(self) -> None:
+        children: list[tasker.Context] = []
+        later: list[tasker.Context] = []
+        with Manager(one_worker(Resources())) as manager:
+            manager.queue_task(lambda ctx, r: children.append(ctx.child()))
+            manager.queue_task(lambda ctx, r: later.append(ctx))
+        assert children[0]._parent is not later[0]
+
+    def test_a_cancelled_context_is_never_reused(self) -> None:
+        with Manager(one_worker(Resources())) as manager:
+
+            def cancel_own(ctx: tasker.Context, resource: object) -> None:
+                ctx.cancel()  # cancelled, then dropped: unshared, but not as good as new
+
+            manager.queue_task(cancel_own)
+            assert manager.queue_task(lambda ctx, r: ctx.cancelled) is False
