@@ -834,8 +834,16 @@ class ManagerMachine(RuleBasedStateMachine):
         delayed = m._mailbox.delayed
         assert stats.delayed_tasks == len(delayed) and all(not msg.ready() for msg in delayed)
         pending = [msg for msg in msgs if not msg.ready() and not probe_of(msg).running and msg not in delayed]
-        assert stats.priority_tasks == sum(1 for msg in pending if msg._priority), (stats, pending)
-        assert stats.queued_tasks == sum(1 for msg in pending if not msg._priority), (stats, pending)
+        pending_priority = sum(1 for msg in pending if msg._priority)
+        if m._core.killing:
+            # A kill() still under way (called from inside a collector call, say) may have
+            # taken queued messages out of the lanes without answering them yet: neither
+            # queued nor answered here. The teardown checks that each gets its reply.
+            assert stats.priority_tasks <= pending_priority, (stats, pending)
+            assert stats.queued_tasks <= len(pending) - pending_priority, (stats, pending)
+        else:
+            assert stats.priority_tasks == pending_priority, (stats, pending)
+            assert stats.queued_tasks == len(pending) - pending_priority, (stats, pending)
         for lane in (m._mailbox.main, m._mailbox.priority):
             assert not any(msg.ready() for msg in lane), "a resolved message is still queued"
         accepted = self._accepted_probes()
