@@ -333,10 +333,12 @@ class Shutdown:
         self._tearing.add(me)
         try:
             self._await(ending, lambda: True, deadline, "the actors and the pool's on_destroy")
+            if me is self.destroyer:  # kill() from a hook its on_destroy ran: it cannot wait for itself
+                self._destroy_pool()
             self.finished.set()
-            # An actor does not wait for another actor in teardown too: the two would wait for
-            # each other. Any other caller (yours) waits for them all.
-            mine = me in actors
+            # An actor (or the destroyer) does not wait for another actor in teardown too: the
+            # two would wait for each other. Any other caller (yours) waits for them all.
+            mine = me in actors or me is self.destroyer
             unwinding = [g for g in alive if g in self._stoppers and not (mine and g in self._tearing)]
             self._await(unwinding, lambda: True, deadline, "the actors inside stop() or kill()")
         finally:

@@ -678,3 +678,51 @@ class TestRetryPredicateRaises:
         assert manager.queue_task(lambda ctx, r: "still served") == "still served"
         assert len(res.created) == 2  # the pool's and the worker's: no replacement was needed
         finish(manager, res)
+
+
+class TestKillFromTheLoggerWhileThePoolIsDestroyed:
+    """Found by the deep hypothesis profile (parent-6): a graceful stop (the parent's) tears
+    down; the pool's on_destroy raises; the logger told of it calls kill() in the pool's
+    destroyer greenlet. That kill() set ``finished`` with a pool resource not yet destroyed,
+    then waited for the watcher, itself waiting for the destroyer: until kill_timeout."""
+
+    def test_finished_only_once_every_resource_is_destroyed(self) -> None:
+        clock = FakeClock()
+        res = Resources()
+        parent = tasker.Context()
+        box: list[Manager] = []
+        seen_at_kill: list[tuple[int, bool]] = []
+        returned = Event()
+
+        def destroy(rid: int) -> None:
+            res.destroy(rid)
+            raise RuntimeError(f"on_destroy fails for {rid}")
+
+        class KillingLogger(RecordingLogger):
+            def error(self, msg: str, *args: Any) -> None:
+                super().error(msg, *args)
+                manager = box[0]
+                in_destroyer = gevent.getcurrent() is manager._shutdown.destroyer
+                if "on_destroy" in msg and in_destroyer and not manager._shutdown.kill_called:
+                    manager.kill()
+                    seen_at_kill.append((manager._pool.available, manager._shutdown.finished.is_set()))
+                    returned.set()
+
+        config = attrs.evolve(
+            res.config(worker_count=1, max_worker_count=1, resource_pool_size=2, clock=clock, ctx=parent),
+            on_destroy=destroy,
+            logger=KillingLogger(),
+        )
+        manager: Manager = TaskManager(config)
+        box.append(manager)
+        gevent.idle()
+        parent.cancel()  # the watcher stops gracefully and tears down: the destroyer starts
+        assert manager._shutdown.finished.wait(5)
+        assert manager._pool.available == 0, "finished with a pool resource not yet destroyed"
+        # The kill() inside the destroyer returns (no wait for the watcher, which waits for it),
+        # and only once the pool is empty and torn down.
+        assert returned.wait(5), "kill() from the destroyer's logger did not return"
+        assert seen_at_kill == [(0, True)]
+        gevent.idle()
+        res.assert_all_destroyed_once()
+        assert manager_greenlets(manager) == []
