@@ -35,7 +35,8 @@ parked rather than exit as long as any of them remains.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections import deque
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, Protocol
 
 import gevent
@@ -43,7 +44,7 @@ from gevent.hub import Waiter
 
 from ._clock import Clock, TimerHandle
 from ._errors import QueueFullError
-from ._fifo import Fifo
+from ._fifo import _COMPACT_MIN, Fifo
 from ._keys import KeyLimits, KeyTable
 from ._message import TaskResult
 from ._ratelimit import RateLimit, TokenBucket
@@ -65,24 +66,87 @@ class Worker(Protocol):
 RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
 
 
-class Lane(Fifo):
+class Lane:
     """One FIFO lane of eligible messages, with the submitters waiting for room in it.
 
-    ``len`` and iteration see only the eligible messages, oldest first; ``size()``
-    adds the lane's messages waiting for their key (``blocked``) or a retry
-    (``delayed``).
+    A queued message knows its lane (``msg._lane``), so a lane needs no index of what
+    it holds: withdrawing a message clears its ``_lane`` and leaves it in ``items`` as
+    a tombstone that the takers skip. ``items`` is empty exactly when no message is
+    queued (the last withdrawal or take clears the tombstones), so its truth is the
+    lane's; when tombstones outnumber the queued messages the deque is rebuilt without
+    them, so memory stays proportional to what is queued. ``len`` and iteration see
+    only the eligible messages, oldest first; ``size()`` adds the lane's messages
+    waiting for their key (``blocked``) or a retry (``delayed``).
     """
 
-    __slots__ = ("blocked", "delayed", "waiters")
+    __slots__ = ("blocked", "dead", "delayed", "items", "waiters")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.items: deque[TaskResult] = deque()  # queued messages in order, and tombstones
+        self.dead = 0  # tombstones in ``items``
         self.blocked = 0  # messages of this lane waiting in a key's backlog
         self.delayed = 0  # messages of this lane waiting out a retry backoff
         self.waiters = Fifo()  # submitters' Waiters, FIFO; one that gives up leaves in O(1)
 
+    def __len__(self) -> int:
+        return len(self.items) - self.dead
+
+    def __iter__(self) -> Iterator[TaskResult]:
+        return (msg for msg in self.items if msg._lane is self)
+
     def size(self) -> int:
-        return len(self.live) + self.blocked + self.delayed
+        return len(self.items) - self.dead + self.blocked + self.delayed
+
+    def append(self, msg: TaskResult) -> None:
+        msg._lane = self
+        self.items.append(msg)
+
+    def appendleft(self, msg: TaskResult) -> None:
+        msg._lane = self
+        self.items.appendleft(msg)
+
+    def popleft(self) -> TaskResult:
+        """The oldest queued message, removed; the lane must not be empty."""
+        items = self.items
+        msg = items.popleft()
+        if self.dead:
+            msg = self.skip(msg)
+        msg._lane = None
+        return msg
+
+    def skip(self, msg: TaskResult) -> TaskResult:
+        """``msg`` was just popped and there are tombstones: the first queued message from
+        it on (popped too), and the tombstones behind it dropped if nothing else is left."""
+        items = self.items
+        while msg._lane is not self:
+            self.dead -= 1
+            msg = items.popleft()
+        if len(items) == self.dead:  # only tombstones behind it
+            items.clear()
+            self.dead = 0
+        return msg
+
+    def withdraw(self, msg: TaskResult) -> bool:
+        """Leave ``msg`` behind as a tombstone; False if it is not queued here."""
+        if getattr(msg, "_lane", None) is not self:  # a message handed straight to a worker has none
+            return False
+        msg._lane = None
+        self.dead += 1
+        items = self.items
+        if len(items) == self.dead:
+            items.clear()
+            self.dead = 0
+        elif self.dead > _COMPACT_MIN and 2 * self.dead > len(items):
+            # Amortized O(1): at least half of what is rebuilt was tombstones.
+            self.items = deque(m for m in items if m._lane is self)
+            self.dead = 0
+        return True
+
+    def clear(self) -> None:
+        for msg in self.items:
+            msg._lane = None
+        self.items.clear()
+        self.dead = 0
 
 
 class Mailbox:
@@ -138,7 +202,7 @@ class Mailbox:
 
     def eligible(self) -> int:
         """Messages a worker could take now (the scaler's backlog)."""
-        return len(self.main.live) + len(self.priority.live)
+        return len(self.main) + len(self.priority)
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
@@ -150,30 +214,22 @@ class Mailbox:
             self._run_callback(worker.greenlet.switch, msg)
         else:
             lane = self.priority if msg._priority else self.main
-            lane.live[msg] = None
             if front:
-                lane.items.appendleft(msg)  # a redelivery: the head of its lane
+                lane.appendleft(msg)  # a redelivery: the head of its lane
             else:
-                lane.items.append(msg)
+                lane.append(msg)
 
     def take(self, worker: Worker) -> TaskResult | None:
         """The worker's next message, parking it while there is none; None: exit."""
         if self.gated:
             return self._take_gated(worker)
         while True:
-            lane = self.priority if self.priority.live else self.main
-            live = lane.live
-            if live:
-                # Fifo.popleft inlined: this is the hot path (a call costs B1 ~460 instructions a task).
-                msg = lane.items.popleft()
-                if lane.dead:  # withdrawn messages may come first: skip them
-                    while msg not in live:
-                        lane.dead -= 1
-                        msg = lane.items.popleft()
-                del live[msg]
-                if lane.waiters:
-                    self._wake_one(lane)
-                return msg  # type: ignore[no-any-return]
+            lane = self.priority if self.priority.items else self.main
+            if lane.items:
+                msg = lane.popleft()
+                if lane.waiters.live:
+                    self.wake_one(lane)
+                return msg
             if self.closing:
                 return None
             woken = self._park(worker)
@@ -240,7 +296,7 @@ class Mailbox:
         lane = self.priority if msg._priority else self.main
         lane.blocked -= 1
         if self._ready(msg) and lane.waiters:
-            self._wake_one(lane)
+            self.wake_one(lane)
 
     def _take_gated(self, worker: Worker) -> TaskResult | None:
         held = worker.keyed
@@ -248,17 +304,17 @@ class Mailbox:
             worker.keyed = None
             self.keys.release(held)
         while True:
-            lane = self.priority if self.priority.live else self.main
-            if lane.live and (self.throttle is None or self.throttle.take(self._now())):
+            lane = self.priority if self.priority.items else self.main
+            if lane.items and (self.throttle is None or self.throttle.take(self._now())):
                 msg: TaskResult = lane.popleft()
                 if lane.waiters:
-                    self._wake_one(lane)
+                    self.wake_one(lane)
                 if msg._key is not None:
                     worker.keyed = msg
                     self.keys.dispatched(msg)
                 self._settle()
                 return msg
-            if lane.live:
+            if lane.items:
                 self._await_token()
             elif self.closing and not len(self):
                 return None
@@ -278,15 +334,15 @@ class Mailbox:
         throttle = self.throttle
         assert throttle is not None
         while self.idle or self.idle_burst:
-            lane = self.priority if self.priority.live else self.main
-            if not lane.live:
+            lane = self.priority if self.priority.items else self.main
+            if not lane.items:
                 return
             if not throttle.take(self._now()):
                 self._await_token()
                 return
             msg = lane.popleft()
             if lane.waiters:
-                self._wake_one(lane)
+                self.wake_one(lane)
             self._hand(self.idle.pop() if self.idle else self.idle_burst.pop(), msg)
 
     def _settle(self) -> None:
@@ -329,7 +385,7 @@ class Mailbox:
             self._run_callback(worker.greenlet.switch, None)
         for lane in (self.main, self.priority):
             while lane.waiters:
-                self._wake_one(lane)
+                self.wake_one(lane)
 
     def retire_idle_bursts(self, cutoff: float) -> int:
         """Unpark and end the burst workers parked since ``cutoff`` or earlier.
@@ -360,7 +416,7 @@ class Mailbox:
         else:
             return False
         if lane.waiters:
-            self._wake_one(lane)
+            self.wake_one(lane)
         if self.gated:
             self._settle()
         return True
@@ -381,7 +437,7 @@ class Mailbox:
             lane.clear()
             lane.blocked = lane.delayed = 0
             while lane.waiters:
-                self._wake_one(lane)
+                self.wake_one(lane)
         return msgs
 
     def wait_for_room(self, priority: bool, block: bool, timeout: float | None) -> None:
@@ -432,7 +488,7 @@ class Mailbox:
         if not lane.waiters.withdraw(waiter):
             # We were woken as we gave up: pass the room on so it is not lost.
             if lane.size() < (self.max_size or 0) and lane.waiters:
-                self._wake_one(lane)
+                self.wake_one(lane)
 
-    def _wake_one(self, lane: Lane) -> None:
+    def wake_one(self, lane: Lane) -> None:
         self._run_callback(lane.waiters.popleft().switch, None)

@@ -193,9 +193,24 @@ class TaskManager(SeedVariants[R, E]):
             mailbox.wait_for_room(priority, block, timeout)
             core.check_accepting()
         now = core.now()
-        msg = message(core, fn, priority, once, timeout, now, extra)
+        msg = TaskResult()
+        msg._core = core
+        msg._fn = fn
+        msg._priority = priority
+        msg._once = once
+        msg._timeout = timeout
+        msg._queued_at = now
+        msg._started_at = None
+        msg._attempts = 0
+        msg._ctx = None
+        msg._extra = extra
         core.arrived += 1
-        mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
+        if extra is not None or mailbox.gated or mailbox.idle or mailbox.idle_burst:
+            mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
+        else:
+            lane = mailbox.priority if priority else mailbox.main  # Lane.append, inline
+            msg._lane = lane
+            lane.items.append(msg)
         arrivals = core.pending_arrivals
         if arrivals is None:
             core.record_arrival(msg)

@@ -60,6 +60,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     _attempts: int
     _ctx: Context | None
     _extra: Extra | None
+    _lane: Any  # the mailbox lane it is queued in, else None; unset if it never was
 
     __slots__ = (
         "_attempts",
@@ -67,6 +68,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
         "_ctx",
         "_extra",
         "_fn",
+        "_lane",
         "_once",
         "_priority",
         "_queued_at",

@@ -25,9 +25,10 @@ import attrs
 import gevent
 
 from ._context import UNSHARED, Context
-from ._core import NO_RESOURCE, Core
+from ._core import _FOLD_STAMPS, NO_RESOURCE, Core
 from ._errors import CancelledError, TaskKilledError, TaskTimeoutError
 from ._message import Interrupt, TaskResult
+from ._types import TaskLifecycleTimestamps
 
 __all__ = ["Exit", "Worker"]
 
@@ -107,20 +108,32 @@ class Worker:
 
     def _loop(self) -> Exit:
         core = self.core
-        take = core.mailbox.take
+        mailbox = core.mailbox
+        priority, main = mailbox.priority, mailbox.main
+        take = mailbox.take
         now = core.now
-        finish = core.finish
+        fold_at = _FOLD_STAMPS
         ctx: Context | None = None  # the next task's context: a fresh one, or the last one, unshared
         while True:
-            msg = take(self)
-            if msg is None:
-                return IDLE
+            # Mailbox.take's fast path, inline (ungated, a message queued): Lane.popleft.
+            lane = priority if priority.items else main
+            if lane.items and not mailbox.gated:
+                msg = lane.items.popleft()
+                if lane.dead:  # withdrawn messages may come first
+                    msg = lane.skip(msg)
+                msg._lane = None
+                if lane.waiters.live:  # submitters waiting for room (the dict: no Python-level __len__)
+                    mailbox.wake_one(lane)
+            else:
+                msg = take(self)
+                if msg is None:
+                    return IDLE
             self.current = msg
             if msg.ready():  # cancelled or killed on its way here
                 self.current = None
                 continue
             msg._attempts += 1
-            msg._started_at = now()
+            msg._started_at = started = now()
             if ctx is None:
                 ctx = Context(core.ctx)
             msg._ctx = ctx
@@ -143,9 +156,20 @@ class Worker:
             if timer is not None:
                 timer.cancel()
             self.current = None
-            finish(msg, None, value)
-            # The reply no longer holds the context (finish released it): if nothing else
-            # does and it was not cancelled, it is as good as new, and the next task gets it.
+            if not msg.ready():  # else a timeout or kill() answered it while it ran
+                # A success is resolved here, the only place that does (Core.finish resolves the rest).
+                core.done += 1
+                msg.set(value)
+                msg._ctx = None  # nothing needs the task's context once its reply is set
+                stamps = core.pending_stamps
+                if stamps is None:
+                    core.record(TaskLifecycleTimestamps(msg._queued_at, started, now()), False, False)
+                else:
+                    stamps += (msg._queued_at, started, now())
+                    if len(stamps) >= fold_at:
+                        core.fast.fold()  # type: ignore[union-attr]  # set with stamps
+            # The reply no longer holds the context: if nothing else does and it was not
+            # cancelled, it is as good as new, and the next task gets it.
             if ctx._cancelled or getrefcount(ctx) > UNSHARED:
                 ctx = None
 
