@@ -14,7 +14,7 @@ from gevent.event import AsyncResult
 
 import tasker
 from tasker._context import Context
-from tasker._message import message
+from tasker._message import TaskResult
 from tasker._types import TaskLifecycleTimestamps
 
 N = 200_000
@@ -27,7 +27,7 @@ def cost(stmt: str, names: dict[str, Any], setup: str = "pass") -> float:
 def main() -> None:
     names: dict[str, Any] = {
         "AsyncResult": AsyncResult,
-        "message": message,
+        "TaskResult": TaskResult,
         "Context": Context,
         "T": TaskLifecycleTimestamps,
         "time": time,
@@ -38,7 +38,7 @@ def main() -> None:
     }
     rows = [
         ("AsyncResult() alone (what the bare pool pays)", "AsyncResult()", "pass"),
-        ("message(...): envelope + reply", "message(None, fn, False, False, None, 1.0)", "pass"),
+        ("TaskResult(): the reply that carries the envelope", "TaskResult()", "pass"),
         ("Context(parent) per task", "Context(root)", "pass"),
         ("TaskLifecycleTimestamps(...)", "T(1.0, 2.0, 3.0)", "pass"),
         ("one clock read (time.monotonic; 3 per task)", "time.monotonic()", "pass"),

@@ -112,8 +112,11 @@ class Worker:
         priority, main = mailbox.priority, mailbox.main
         take = mailbox.take
         now = core.now
+        stamps = core.pending_stamps  # the default collector's buffer, or None
         fold_at = _FOLD_STAMPS
+        resource = self.resource
         ctx: Context | None = None  # the next task's context: a fresh one, or the last one, unshared
+        msg: TaskResult | None
         while True:
             # Mailbox.take's fast path, inline (ungated, a message queued): Lane.popleft.
             lane = priority if priority.items else main
@@ -128,21 +131,23 @@ class Worker:
                 msg = take(self)
                 if msg is None:
                     return IDLE
+                if msg.ready():  # handed over, then cancelled or killed on its way here
+                    self.current = None
+                    continue
             self.current = msg
-            if msg.ready():  # cancelled or killed on its way here
-                self.current = None
-                continue
             msg._attempts += 1
             msg._started_at = started = now()
             if ctx is None:
                 ctx = Context(core.ctx)
             msg._ctx = ctx
             timer = None
-            if msg._timeout is not None:
-                timer = core.clock.call_later(msg._timeout, core.time_out, self, msg)
+            timeout = msg._spec[2]
+            if timeout is not None:
+                timer = core.clock.call_later(timeout, core.time_out, self, msg)
+            fn = msg._fn  # not msg._fn(...): calling a slot as a method is a slow lookup
             self.in_task = True
             try:
-                value = msg._fn(ctx, self.resource)
+                value = fn(ctx, resource)
             except BaseException as exc:
                 self.in_task = False  # before any user hook runs: no interrupt may land there
                 if timer is not None:
@@ -161,11 +166,12 @@ class Worker:
                 core.done += 1
                 msg.set(value)
                 msg._ctx = None  # nothing needs the task's context once its reply is set
-                stamps = core.pending_stamps
                 if stamps is None:
                     core.record(TaskLifecycleTimestamps(msg._queued_at, started, now()), False, False)
                 else:
-                    stamps += (msg._queued_at, started, now())
+                    stamps.append(msg._queued_at)  # three appends: no tuple to make and free
+                    stamps.append(started)
+                    stamps.append(now())
                     if len(stamps) >= fold_at:
                         core.fast.fold()  # type: ignore[union-attr]  # set with stamps
             # The reply no longer holds the context: if nothing else does and it was not

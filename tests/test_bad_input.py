@@ -5,6 +5,7 @@ still serves and stops cleanly.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +118,26 @@ class TestBadTasks:
         names(excinfo, "task", repr(bad))
         door.assert_nothing_got_in()
         assert called == []
+        door.assert_still_serves_and_stops()
+
+
+class TestPositionalOptions:
+    """submit's options are keyword-only (checked by submit itself, not by ``*``: see its docstring)."""
+
+    @pytest.mark.parametrize("extra", [(True,), (False,), (True, True), (None, False, 1.0)])
+    def test_refused(self, door: Door, extra: tuple[Any, ...]) -> None:
+        with pytest.raises(TypeError) as excinfo:
+            door.manager.submit(door.task, *extra)
+        names(excinfo, "positional", "keyword", repr(extra[0]))
+        door.assert_nothing_got_in()
+        door.assert_still_serves_and_stops()
+
+    def test_the_signature_callers_see(self, door: Door) -> None:
+        params = inspect.signature(door.manager.submit).parameters
+        assert list(params) == ["task", "priority", "once", "timeout", "block", "key", "retry"]
+        assert params["task"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert {p.kind for name, p in params.items() if name != "task"} == {inspect.Parameter.KEYWORD_ONLY}
+        assert door.manager.submit(task=door.task, priority=True).get() == "ran"  # the task by keyword too
         door.assert_still_serves_and_stops()
 
 

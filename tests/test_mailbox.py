@@ -28,7 +28,6 @@ from tasker import MonotonicClock
 from tasker._fifo import Fifo
 from tasker._mailbox import Mailbox
 from tasker._message import TaskResult
-from tasker._message import message as new_message
 from tasker.testing import FakeClock
 
 
@@ -51,7 +50,16 @@ class NoCancel:
 
 def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
-    return new_message(NoCancel(), Named(name), priority, False, None, 0.0)
+    msg = TaskResult()  # the fields TaskManager.submit sets
+    msg._core = NoCancel()
+    msg._fn = Named(name)
+    msg._spec = (priority, False, None)
+    msg._queued_at = 0.0
+    msg._started_at = None
+    msg._attempts = 0
+    msg._ctx = None
+    msg._extra = None
+    return msg
 
 
 def name_of(msg: TaskResult) -> str:
