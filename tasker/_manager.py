@@ -129,7 +129,7 @@ class TaskManager(SeedVariants[R, E]):
             parent=config.ctx,
         )
         self._mailbox = core.mailbox
-        self._spec: Spec = (False, False, config.task_timeout)  # what a submission with no options gets
+        self._spec: Spec = (False, False, config.task_timeout, core)  # what a submission with no options gets
         self._supervisor = Supervisor(core, config.worker_count)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
         made: list[Any] = []
@@ -213,7 +213,7 @@ class TaskManager(SeedVariants[R, E]):
                 timeout = self._spec[2]  # Config.task_timeout
             else:
                 _check_timeout(timeout)
-            spec = (priority, once, timeout)
+            spec = (priority, once, timeout, self._core)
         if key is None and retry is None:
             extra = None
         else:
@@ -229,7 +229,6 @@ class TaskManager(SeedVariants[R, E]):
         clock = core.now  # not core.now(): an attribute called as a method is a slow lookup
         now = clock()
         msg = TaskResult()
-        msg._core = core
         msg._fn = fn
         msg._spec = spec
         msg._queued_at = now

@@ -43,9 +43,11 @@ class Extra:
         self.retries = 0
 
 
-Spec = tuple[bool, bool, "float | None"]
-"""A submission's options: (priority, once, timeout); one tuple shared by all the
-submissions made with the defaults, so a message carries one slot for three."""
+Spec = tuple[bool, bool, "float | None", Canceller]
+"""A submission's options and its manager: (priority, once, timeout, core). One tuple
+is shared by all the submissions a manager takes with the default options, so a
+message carries one slot for four (each slot, and each object it refers to, is work
+for every garbage collection while the message lives)."""
 
 
 class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
@@ -55,7 +57,6 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     the submission. Made by :func:`message` (the manager's submit), never directly.
     """
 
-    _core: Canceller
     _fn: Callable[[Context, Any], Any]
     _spec: Spec
     _queued_at: float
@@ -67,7 +68,6 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
 
     __slots__ = (
         "_attempts",
-        "_core",
         "_ctx",
         "_extra",
         "_fn",
@@ -86,7 +86,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
             True if the message was removed or its context cancelled, False if it had
             already finished.
         """
-        return self._core.cancel(self)
+        return self._spec[3].cancel(self)
 
     @property
     def _priority(self) -> bool:

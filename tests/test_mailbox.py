@@ -51,9 +51,8 @@ class NoCancel:
 def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
     msg = TaskResult()  # the fields TaskManager.submit sets
-    msg._core = NoCancel()
     msg._fn = Named(name)
-    msg._spec = (priority, False, None)
+    msg._spec = (priority, False, None, NoCancel())
     msg._queued_at = 0.0
     msg._started_at = None
     msg._attempts = 0
