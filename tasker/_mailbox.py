@@ -349,10 +349,12 @@ class Mailbox:
     def remove(self, msg: TaskResult) -> bool:
         """Withdraw a waiting message in O(1); False if it is not waiting."""
         lane = self.priority if msg._priority else self.main
+        extra = msg._extra  # its key, without the ``_key`` property's call
+        keyed = extra is not None and extra.key is not None
         if lane.withdraw(msg):
-            if msg._key is not None:
+            if keyed:
                 self.keys.unqueue(msg)
-        elif msg._key is not None and self.keys.withdraw(msg):
+        elif keyed and self.keys.withdraw(msg):
             lane.blocked -= 1
         elif msg in self.delayed:
             self.delayed.pop(msg).cancel()
