@@ -107,6 +107,9 @@ class Core:
         self.pending_arrivals: list[float] | None = None  # the fast collector's buffers
         self.pending_stamps: list[float] | None = None
         self.fold_every = FOLD_EVERY  # arrivals buffered before the submitter folds them in
+        # The default collector only counts failures and cancellations: they are added to
+        # its counters directly, whatever its clock (no stamps, no call).
+        self.counts: Collector | None = collector if type(collector) is Collector else None
         if type(collector) is Collector and collector.clock_now == clock.now:
             self.fast = collector
             self.pending_arrivals = collector.pending_arrivals
@@ -149,6 +152,13 @@ class Core:
                 return
         else:
             msg.set_exception(exc)
+            counts = self.counts
+            if counts is not None:
+                if cancelled:
+                    counts._cancelled += 1
+                else:
+                    counts._failed += 1
+                return
         self.record(TaskLifecycleTimestamps(msg._queued_at, started, now), exc is not None, cancelled)
 
     def record(self, stamps: TaskLifecycleTimestamps, failed: bool, cancelled: bool, caller: bool = False) -> None:
