@@ -10,7 +10,7 @@ it ready and leaves it alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.event import AsyncResult
@@ -27,6 +27,8 @@ class Canceller(Protocol):
     """Where ``TaskResult.cancel()`` goes: the core of the manager that made the message."""
 
     def cancel(self, msg: TaskResult) -> bool: ...
+
+    def cancel_all(self, msgs: Iterable[TaskResult]) -> None: ...
 
 
 class Extra:

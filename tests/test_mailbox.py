@@ -48,6 +48,9 @@ class NoCancel:
     def cancel(self, msg: TaskResult) -> bool:
         raise AssertionError("a bare message is never cancelled through its reply")
 
+    def cancel_all(self, msgs: Iterable[TaskResult]) -> None:
+        raise AssertionError("a bare message is never cancelled through its reply")
+
 
 def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
