@@ -45,6 +45,9 @@ __all__ = ["NO_RESOURCE", "Core"]
 
 NO_RESOURCE: Any = object()  # a resource may legitimately be None
 _FOLD_STAMPS = 3 * FOLD_EVERY  # three floats a completion
+# A cancel's error shares one args tuple: an exception keeps the tuple it was called with,
+# so this saves an allocation (and the garbage collector a visit) per cancel.
+_BEFORE_IT_RAN = ("cancelled before it ran",)
 
 
 def _nothing() -> None:
@@ -278,7 +281,7 @@ class Core:
         if msg.ready():
             return False
         if self.mailbox.remove(msg) or msg._ctx is None:
-            self.finish(msg, CancelledError("cancelled before it ran"), cancelled=True)
+            self.finish(msg, CancelledError(*_BEFORE_IT_RAN), cancelled=True)
         else:
             msg._ctx.cancel()
         return True
@@ -301,7 +304,7 @@ class Core:
             elif msg.ready():
                 continue
             elif remove(msg) or msg._ctx is None:
-                finish(msg, CancelledError("cancelled before it ran"), cancelled=True)
+                finish(msg, CancelledError(*_BEFORE_IT_RAN), cancelled=True)
             else:
                 msg._ctx.cancel()
 
