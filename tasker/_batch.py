@@ -53,6 +53,18 @@ def _outcome(reply: TaskResult, return_exceptions: bool) -> Any:
         raise
 
 
+def _next(pending: deque[TaskResult], return_exceptions: bool) -> Any:
+    """The oldest reply's outcome, then it leaves ``pending``.
+
+    In that order: what is thrown into the consumer while it waits (its own
+    ``gevent.Timeout``, a ``kill()``) must find the reply still in ``pending``, so that
+    the cleanup cancels it with the rest.
+    """
+    outcome = _outcome(pending[0], return_exceptions)
+    pending.popleft()
+    return outcome
+
+
 def _cancel_all(replies: Collection[TaskResult]) -> None:
     """``cancel()`` of every reply, oldest first, in one pass of their manager's core."""
     if replies:
@@ -77,9 +89,9 @@ def map_ordered(
                 item_key = None if key is None else key(item)
                 pending.append(manager.submit(_bind(fn, item), priority=priority, key=item_key))
                 if len(pending) >= limit:
-                    yield _outcome(pending.popleft(), return_exceptions)
+                    yield _next(pending, return_exceptions)
             while pending:
-                yield _outcome(pending.popleft(), return_exceptions)
+                yield _next(pending, return_exceptions)
         finally:
             _cancel_all(pending)
 
