@@ -11,7 +11,7 @@ so leaving early costs O(items in flight).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
 from gevent.queue import SimpleQueue
@@ -65,10 +65,10 @@ def _next(pending: deque[TaskResult], return_exceptions: bool) -> Any:
     return outcome
 
 
-def _cancel_all(replies: Collection[TaskResult]) -> None:
-    """``cancel()`` of every reply, oldest first, in one pass of their manager's core."""
+def _cancel_all(replies: deque[TaskResult]) -> None:
+    """``cancel()`` of every reply, oldest first, in one pass of their manager's core; empties ``replies``."""
     if replies:
-        next(iter(replies))._core.cancel_all(replies)
+        replies[0]._core.cancel_all(replies)
 
 
 def map_ordered(
@@ -132,8 +132,10 @@ def imap_unordered(
                 del in_flight[reply]
                 yield _outcome(reply, return_exceptions)
         finally:
-            for reply in in_flight:
+            replies = deque(in_flight)
+            in_flight.clear()  # the cleanup lets go of each reply as it answers it
+            for reply in replies:
                 reply.unlink(done)  # nobody reads ``finished`` any more
-            _cancel_all(in_flight)
+            _cancel_all(replies)
 
     return run()

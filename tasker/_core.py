@@ -25,7 +25,8 @@ Dependencies run one way: façade → lifecycle (``_shutdown``) → actors (``_s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -286,19 +287,25 @@ class Core:
             msg._ctx.cancel()
         return True
 
-    def cancel_all(self, msgs: Iterable[TaskResult]) -> None:
-        """``cancel()`` of each message in turn: a batch's cleanup (``map``, ``imap_unordered``).
+    def cancel_all(self, msgs: deque[TaskResult]) -> None:
+        """``cancel()`` of each message in turn, oldest first: a batch's cleanup (``map``,
+        ``imap_unordered``). Empties ``msgs``.
 
         What :meth:`cancel` does, with what every message shares looked up once: the
         thread check, the mailbox, the method calls. A message of another manager gets
-        its own ``cancel()``.
+        its own ``cancel()``. Each message leaves ``msgs`` as it is answered, so one
+        that nothing else holds is freed at once: the garbage collector, counting what
+        is allocated against what is freed, then has no reason to run a collection
+        (over the whole heap, at 50k messages) in the middle of the cleanup.
         """
         if get_ident() != self.thread:
-            call_in_hub(self.hub, self.cancel_all, list(msgs))
+            call_in_hub(self.hub, self.cancel_all, msgs)
             return
         remove = self.mailbox.remove
         finish = self.finish
-        for msg in msgs:
+        take = msgs.popleft
+        while msgs:
+            msg = take()
             if msg._core is not self:
                 msg.cancel()
             elif msg.ready():

@@ -10,7 +10,8 @@ it ready and leaves it alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections import deque
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.event import AsyncResult
@@ -28,7 +29,7 @@ class Canceller(Protocol):
 
     def cancel(self, msg: TaskResult) -> bool: ...
 
-    def cancel_all(self, msgs: Iterable[TaskResult]) -> None: ...
+    def cancel_all(self, msgs: deque[TaskResult]) -> None: ...
 
 
 class Extra:

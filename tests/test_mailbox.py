@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,7 +49,7 @@ class NoCancel:
     def cancel(self, msg: TaskResult) -> bool:
         raise AssertionError("a bare message is never cancelled through its reply")
 
-    def cancel_all(self, msgs: Iterable[TaskResult]) -> None:
+    def cancel_all(self, msgs: deque[TaskResult]) -> None:
         raise AssertionError("a bare message is never cancelled through its reply")
 
 

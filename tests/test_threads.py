@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -127,7 +128,7 @@ class TestFromAnotherThread:
         running = manager.submit(gate)
         assert started.wait(5)
         queued = [manager.submit(whose_thread) for _ in range(10)]
-        in_thread(kind, lambda: manager._core.cancel_all([running, *queued]))
+        in_thread(kind, lambda: manager._core.cancel_all(deque([running, *queued])))
         assert all(isinstance(reply.exception, tasker.CancelledError) for reply in queued)
         assert running._ctx is not None and running._ctx.cancelled  # running: its context cancelled
         release.set()
