@@ -53,6 +53,24 @@ def _outcome(reply: TaskResult, return_exceptions: bool) -> Any:
         raise
 
 
+def _next(pending: deque[TaskResult], return_exceptions: bool) -> Any:
+    """The oldest reply's outcome, then it leaves ``pending``.
+
+    In that order: what is thrown into the consumer while it waits (its own
+    ``gevent.Timeout``, a ``kill()``) must find the reply still in ``pending``, so that
+    the cleanup cancels it with the rest.
+    """
+    outcome = _outcome(pending[0], return_exceptions)
+    pending.popleft()
+    return outcome
+
+
+def _cancel_all(replies: deque[TaskResult]) -> None:
+    """``cancel()`` of every reply, oldest first, in one pass of their manager's core; empties ``replies``."""
+    if replies:
+        replies[0]._spec[3].cancel_all(replies)
+
+
 def map_ordered(
     manager: Submitter,
     fn: ItemFn,
@@ -71,12 +89,11 @@ def map_ordered(
                 item_key = None if key is None else key(item)
                 pending.append(manager.submit(_bind(fn, item), priority=priority, key=item_key))
                 if len(pending) >= limit:
-                    yield _outcome(pending.popleft(), return_exceptions)
+                    yield _next(pending, return_exceptions)
             while pending:
-                yield _outcome(pending.popleft(), return_exceptions)
+                yield _next(pending, return_exceptions)
         finally:
-            for reply in pending:
-                reply.cancel()
+            _cancel_all(pending)
 
     return run()
 
@@ -115,8 +132,10 @@ def imap_unordered(
                 del in_flight[reply]
                 yield _outcome(reply, return_exceptions)
         finally:
-            for reply in in_flight:
+            replies = deque(in_flight)
+            in_flight.clear()  # the cleanup lets go of each reply as it answers it
+            for reply in replies:
                 reply.unlink(done)  # nobody reads ``finished`` any more
-                reply.cancel()
+            _cancel_all(replies)
 
     return run()

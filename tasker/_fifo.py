@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["Fifo"]
 
 _COMPACT_MIN = 64  # tombstones a FIFO may hold before it is worth rebuilding
+_ABSENT: Any = object()
 
 
 class Fifo:
@@ -57,18 +58,27 @@ class Fifo:
         return msg
 
     def withdraw(self, msg: Any) -> bool:
-        """Leave ``msg`` behind as a tombstone; False if it is not queued here."""
+        """Leave ``msg`` behind as a tombstone; False if it is not queued here.
+
+        The oldest message (what a batch's cleanup withdraws, oldest first) or the
+        newest simply leaves the deque: no tombstone, nothing to rebuild later.
+        """
         live = self.live
-        if msg not in live:
+        if live.pop(msg, _ABSENT) is _ABSENT:
             return False
-        del live[msg]
-        self.dead += 1
+        items = self.items
+        if items[0] is msg:
+            items.popleft()
+        elif items[-1] is msg:
+            items.pop()
+        else:
+            self.dead += 1
+            if live and self.dead > _COMPACT_MIN and self.dead > len(live):
+                # Amortized O(1): at least half of what is rebuilt was tombstones.
+                self.items = deque(m for m in items if m in live)
+                self.dead = 0
         if not live:
-            self.items.clear()
-            self.dead = 0
-        elif self.dead > _COMPACT_MIN and self.dead > len(live):
-            # Amortized O(1): at least half of what is rebuilt was tombstones.
-            self.items = deque(m for m in self.items if m in live)
+            items.clear()
             self.dead = 0
         return True
 

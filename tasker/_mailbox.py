@@ -77,6 +77,10 @@ class Lane:
     them, so memory stays proportional to what is queued. ``len`` and iteration see
     only the eligible messages, oldest first; ``size()`` adds the lane's messages
     waiting for their key (``blocked``) or a retry (``delayed``).
+
+    A queued message is never answered: whatever answers one takes it out first
+    (``cancel()`` withdraws it, kill() and the supervisor drain the mailbox), so a
+    worker that pops a lane's head runs it without asking ``ready()``.
     """
 
     __slots__ = ("blocked", "dead", "delayed", "items", "waiters")
@@ -127,13 +131,22 @@ class Lane:
         return msg
 
     def withdraw(self, msg: TaskResult) -> bool:
-        """Leave ``msg`` behind as a tombstone; False if it is not queued here."""
+        """Take ``msg`` out; False if it is not queued here.
+
+        The oldest message (what a batch's cleanup withdraws, oldest first) or the
+        newest leaves the deque; any other stays behind as a tombstone.
+        """
         if getattr(msg, "_lane", None) is not self:  # a message handed straight to a worker has none
             return False
         msg._lane = None
-        self.dead += 1
         items = self.items
-        if len(items) == self.dead:
+        if items[0] is msg:
+            items.popleft()
+        elif items[-1] is msg:
+            items.pop()
+        else:
+            self.dead += 1
+        if len(items) == self.dead:  # nothing queued behind the tombstones
             items.clear()
             self.dead = 0
         elif self.dead > _COMPACT_MIN and 2 * self.dead > len(items):
@@ -404,11 +417,13 @@ class Mailbox:
 
     def remove(self, msg: TaskResult) -> bool:
         """Withdraw a waiting message in O(1); False if it is not waiting."""
-        lane = self.priority if msg._priority else self.main
+        lane = self.priority if msg._spec[0] else self.main  # _spec[0]: _priority, without a property call
+        extra = msg._extra  # its key, without the ``_key`` property's call
+        keyed = extra is not None and extra.key is not None
         if lane.withdraw(msg):
-            if msg._key is not None:
+            if keyed:
                 self.keys.unqueue(msg)
-        elif msg._key is not None and self.keys.withdraw(msg):
+        elif keyed and self.keys.withdraw(msg):
             lane.blocked -= 1
         elif msg in self.delayed:
             self.delayed.pop(msg).cancel()

@@ -10,6 +10,7 @@ it ready and leaves it alone.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +28,8 @@ class Canceller(Protocol):
     """Where ``TaskResult.cancel()`` goes: the core of the manager that made the message."""
 
     def cancel(self, msg: TaskResult) -> bool: ...
+
+    def cancel_all(self, msgs: deque[TaskResult]) -> None: ...
 
 
 class Extra:

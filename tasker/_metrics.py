@@ -14,7 +14,9 @@ histogram, the sums and the rate windows every ``FOLD_EVERY`` records and whenev
 each record's own times, gives exactly what folding each record at once would:
 ``metrics()`` never sees a record late, and the buffers bound memory. A manager on
 this collector's clock appends to the lists itself (see ``Core.finish``), which saves
-a call per record; it then calls :meth:`Collector.fold` when a list is full.
+a call per record; it then calls :meth:`Collector.fold` when a list is full. A manager
+on this collector (any clock) likewise adds its failures and cancellations straight to
+its counters (``_failed``, ``_cancelled``: private, so a subclass's own names are free).
 
 It never blocks and never yields, so within one gevent process it needs no lock; it is
 not meant to be shared between OS threads.
@@ -129,6 +131,7 @@ class Collector:
         self._exec_min = math.inf
         self._exec_max = 0.0
         self._wait_sum = 0.0
+        # Counted only; a manager on this collector adds to them directly (``Core.finish``).
         self._failed = 0
         self._cancelled = 0
         self._retried = 0

@@ -25,7 +25,7 @@ import attrs
 import gevent
 
 from ._context import UNSHARED, Context
-from ._core import _FOLD_STAMPS, NO_RESOURCE, Core
+from ._core import NO_RESOURCE, Core
 from ._errors import CancelledError, TaskKilledError, TaskTimeoutError
 from ._message import Interrupt, TaskResult
 from ._types import TaskLifecycleTimestamps
@@ -113,7 +113,7 @@ class Worker:
         take = mailbox.take
         now = core.now
         stamps = core.pending_stamps  # the default collector's buffer, or None
-        fold_at = _FOLD_STAMPS
+        fold_at = 3 * core.fold_every  # three floats a completion
         resource = self.resource
         ctx: Context | None = None  # the next task's context: a fresh one, or the last one, unshared
         msg: TaskResult | None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import pytest
-from gevent.event import Event
+from gevent.event import AsyncResult, Event
 from helpers import Healthy, Manager, Resources
 
 import tasker
@@ -374,6 +376,140 @@ class TestEarlyExitCancelsEverything:
         assert all(reply.linkcount() == 0 for reply in replies[1:])  # cleanup unlinked the consumer
         release.set()
         assert manager.stop() is True
+
+
+class TestEarlyExitReplies:
+    """What leaving early resolves: each withdrawn reply, once, like any ``AsyncResult`` given an exception."""
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_each_withdrawn_reply_answers_like_an_async_result_with_an_exception(self, method: str) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        started, release = Event(), Event()
+        replies: list[Any] = []
+        submit = manager.submit
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            replies.append(submit(*args, **kwargs))
+            return replies[-1]
+
+        manager.submit = spy  # type: ignore[method-assign]
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            if item == 1:
+                started.set()
+                release.wait()
+            return item
+
+        results = getattr(manager, method)(fn, range(10), max_in_flight=6)
+        assert next(results) == 0
+        assert started.wait(5)
+        withdrawn = replies[2:]  # item 1 runs; 2-5 are queued
+        calls: dict[int, int] = {}
+        all_called = Event()
+
+        def link(reply: Any) -> None:
+            calls[id(reply)] = calls.get(id(reply), 0) + 1
+            if len(calls) == len(withdrawn):
+                all_called.set()
+
+        for reply in withdrawn:
+            reply.rawlink(link)
+        results.close()
+        assert all(reply.ready() and not reply.successful() for reply in withdrawn)
+        errors = [reply.exception for reply in withdrawn]
+        assert all(type(error) is tasker.CancelledError for error in errors)
+        assert len({id(error) for error in errors}) == len(errors)  # each reply its own error
+        assert {str(error) for error in errors} == {"cancelled before it ran"}
+        plain = AsyncResult()  # the same error set on a plain AsyncResult, for comparison
+        plain.set_exception(tasker.CancelledError("cancelled before it ran"))
+        with pytest.raises(tasker.CancelledError) as expected:
+            plain.get()
+        for reply, error in zip(withdrawn, errors, strict=True):
+            assert reply.exc_info == (tasker.CancelledError, error, None) == (type(error), error, None)
+            assert reply.value is None and reply.wait(0) is None
+            with pytest.raises(tasker.CancelledError) as raised:
+                reply.get()
+            assert raised.value is error
+            assert frames(raised.value) == frames(expected.value)
+        assert all_called.wait(5)
+        gevent.idle()  # anything scheduled after the links ran would run now
+        assert sorted(calls.values()) == [1] * len(withdrawn)  # each link ran once
+        release.set()
+        assert manager.stop() is True
+
+    def test_map_interrupted_while_it_waits_cancels_the_reply_it_waited_for(self) -> None:
+        # Not only ``break`` at a yield: a kill() or Timeout thrown into the consumer while
+        # it waits for the oldest reply leaves that reply to the cleanup too.
+        res = Resources()
+        manager = manager_with(res, 1)
+        started, pulled = Event(), Event()
+        contexts: list[tasker.Context] = []
+        ran: list[int] = []
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            ran.append(item)
+            contexts.append(ctx)
+            started.set()
+            ctx.wait()  # until cancelled
+            return item
+
+        def items() -> Iterator[int]:
+            yield from range(5)
+            pulled.set()
+
+        results = manager.map(fn, items(), max_in_flight=10)
+        reader = gevent.spawn(next, results)
+        assert started.wait(5) and pulled.wait(5)  # item 0 runs, 1-4 are queued, the reader waits
+        reader.kill()
+        assert contexts[0].cancelled  # the reply the reader waited for was cancelled too
+        assert manager.stats().queued_tasks == 0
+        assert manager.stop() is True
+        assert ran == [0]
+        metrics = manager.metrics()
+        assert (metrics.total_tasks_cancelled, metrics.total_tasks_completed) == (4, 1)  # item 0 returned
+
+
+class TestEarlyExitFreesAsItGoes:
+    """The cleanup lets go of each reply as it answers it: no garbage collection runs in the middle."""
+
+    @pytest.mark.parametrize("method", BATCH)
+    def test_leaving_with_thousands_in_flight_runs_no_collection(self, method: str) -> None:
+        res = Resources()
+        manager = manager_with(res, 1)
+        started, release = Event(), Event()
+
+        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+            if item == 1:
+                started.set()
+                release.wait()
+            return item
+
+        results = getattr(manager, method)(fn, itertools.count(), max_in_flight=5001)
+        assert next(results) == 0
+        assert started.wait(5)
+        collections: list[int] = []
+
+        def count(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                collections.append(info["generation"])
+
+        gc.collect()
+        gc.callbacks.append(count)
+        try:
+            results.close()  # 4,999 withdrawn; each answer allocates what the reply it frees gives back
+        finally:
+            gc.callbacks.remove(count)
+        assert len(collections) <= 2, collections  # holding them all to the end: 20 or more
+        assert manager.stats().queued_tasks == 0
+        assert manager.metrics().total_tasks_cancelled == 4999
+        release.set()
+        assert manager.stop() is True
+
+
+def frames(error: BaseException) -> list[tuple[str, str]]:
+    """Where a raised error's traceback went, past the test's own frame: (file, function) of each."""
+    return [(frame.filename, frame.name) for frame in traceback.extract_tb(error.__traceback__)[1:]]
 
 
 class TestBadArguments:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -45,6 +46,9 @@ class NoCancel:
     """The canceller of a bare message: these tests withdraw through the mailbox, not ``cancel()``."""
 
     def cancel(self, msg: TaskResult) -> bool:
+        raise AssertionError("a bare message is never cancelled through its reply")
+
+    def cancel_all(self, msgs: deque[TaskResult]) -> None:
         raise AssertionError("a bare message is never cancelled through its reply")
 
 
@@ -228,6 +232,29 @@ class TestWithdraw:
         assert len(mailbox) == len(kept)
         assert len(mailbox.main.items) <= 2 * len(kept) + 1  # tombstones never outnumber the queue for long
         assert take_all(mailbox) == kept
+
+    @pytest.mark.parametrize("order", ["oldest first", "newest first"])
+    def test_withdrawing_from_an_end_leaves_no_tombstone(self, order: str) -> None:
+        # A batch's cleanup withdraws oldest first: each message leaves the deque at once.
+        mailbox, msgs = self.queued([f"m{i}" for i in range(200)])
+        victims = msgs[:150] if order == "oldest first" else msgs[:49:-1]
+        for msg in victims:
+            assert mailbox.remove(msg) is True
+            assert mailbox.main.dead == 0
+            assert len(mailbox.main.items) == len(mailbox.main)
+        kept = msgs[150:] if order == "oldest first" else msgs[:50]
+        assert take_all(mailbox) == names_of(kept)
+
+    def test_withdraw_at_the_front_behind_a_tombstone_and_in_the_middle(self) -> None:
+        mailbox, msgs = self.queued("abcdef")
+        assert mailbox.remove(msgs[2]) is True  # c: a tombstone
+        assert mailbox.remove(msgs[0]) is True  # a: off the front
+        assert mailbox.remove(msgs[1]) is True  # b: off the front, c's tombstone now leads
+        assert mailbox.remove(msgs[5]) is True  # f: off the back
+        assert (len(mailbox), mailbox.main.dead) == (2, 1)
+        assert names_of(mailbox.main) == ["d", "e"]
+        assert take_all(mailbox) == ["d", "e"]
+        assert (mailbox.main.dead, len(mailbox.main.items)) == (0, 0)
 
     def test_withdraw_a_redelivered_message(self) -> None:
         mailbox, msgs = self.queued("ab")

@@ -6,11 +6,14 @@ import math
 import random
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
+import gevent
 import pytest
+from gevent.event import Event
+from helpers import Gate, raising
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -469,3 +472,76 @@ class TestDefaultCollectorFedDirectly:
             assert [manager.queue_task(lambda ctx, r: 7) for _ in range(3)] == [7, 7, 7]
             assert manager.metrics().total_tasks_completed == 3
             manager.stop()
+
+    def test_failures_and_cancellations_are_counted_in_place_whatever_its_clock(self) -> None:
+        clock = FakeClock()
+        for collector in (tasker.Collector(clock=clock), tasker.Collector()):
+            config = tasker.Config(
+                on_create=lambda: 1, worker_count=1, max_worker_count=1, clock=clock, collector=collector
+            )
+            manager: tasker.TaskManager[int, int] = tasker.TaskManager(config)
+            assert manager._core.counts is collector
+            gate = Gate()
+            held = manager.submit(gate)
+            assert gate.started.wait(5)
+            failing = [manager.submit(raising(ValueError(str(i)))) for i in range(3)]
+            cancelled = [manager.submit(lambda ctx, r: 0) for _ in range(4)]
+            assert all(reply.cancel() for reply in cancelled)
+            gate.release.set()
+            for reply in failing:
+                with pytest.raises(ValueError):
+                    reply.get()
+            assert held.get() == "gate"
+            metrics = manager.metrics()
+            assert (metrics.total_tasks_failed, metrics.total_tasks_cancelled) == (3, 4)
+            assert (metrics.total_tasks_completed, metrics.failure_rate) == (1, 0.75)
+            manager.stop()
+
+    def test_any_other_collector_gets_every_failure_and_cancellation_with_its_stamps_at_once(self) -> None:
+        clock = FakeClock()
+        records: list[tuple[str, Stamps]] = []
+
+        class Sub(tasker.Collector):
+            def record_failure(self, stamps: Stamps) -> None:
+                records.append(("failure", stamps))
+                super().record_failure(stamps)
+
+            def record_cancellation(self, stamps: Stamps) -> None:
+                records.append(("cancellation", stamps))
+                super().record_cancellation(stamps)
+
+        collector = Sub(clock=clock)
+        config = tasker.Config(
+            on_create=lambda: 1, worker_count=1, max_worker_count=1, clock=clock, collector=collector
+        )
+        manager: tasker.TaskManager[int, int] = tasker.TaskManager(config)
+        assert manager._core.counts is None
+        gate = Gate()
+        held = manager.submit(gate)
+        assert gate.started.wait(5)
+        clock.advance(1.0)
+        queued = [manager.submit(lambda ctx, r: 0) for _ in range(3)]
+        clock.advance(2.0)
+        assert queued[1].cancel()
+        assert records == [("cancellation", Stamps(1.0, 3.0, 3.0))]  # at once, with its stamps
+        pulled = Event()
+
+        def items() -> Iterator[int]:
+            yield from range(5)
+            pulled.set()
+
+        results = manager.map(lambda ctx, r, i: i, items(), max_in_flight=10)  # behind the gate
+        reader = gevent.spawn(next, results)
+        assert pulled.wait(5)  # all five submitted; the reader waits for the first
+        reader.kill()  # leaves the loop: the batch's cleanup, one record per item, at once
+        assert [kind for kind, _ in records] == ["cancellation"] * 6
+        assert all(stamps == Stamps(3.0, 3.0, 3.0) for _, stamps in records[1:])
+        failing = manager.submit(raising(ValueError("x")))
+        gate.release.set()
+        with pytest.raises(ValueError):
+            failing.get()
+        assert held.get() == "gate"
+        assert records[-1][0] == "failure" and records[-1][1].queued_at == 3.0
+        metrics = manager.metrics()
+        assert (metrics.total_tasks_failed, metrics.total_tasks_cancelled) == (1, 6)
+        manager.stop()

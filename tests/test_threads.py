@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -111,3 +112,27 @@ class TestFromAnotherThread:
             assert manager._shutdown.finished.is_set()
             res.assert_all_destroyed_once()
             assert manager_greenlets(manager) == []
+
+    def test_a_batch_cleanup_in_another_thread(self, kind: str) -> None:
+        # A generator of map()/imap_unordered() closed (or collected) in another thread:
+        # its cleanup, Core.cancel_all, is handed to the manager's thread in one call.
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+        started, release = Event(), Event()
+
+        def gate(ctx: tasker.Context, resource: int) -> str:
+            started.set()
+            release.wait()
+            return "ran"
+
+        running = manager.submit(gate)
+        assert started.wait(5)
+        queued = [manager.submit(whose_thread) for _ in range(10)]
+        in_thread(kind, lambda: manager._core.cancel_all(deque([running, *queued])))
+        assert all(isinstance(reply.exception, tasker.CancelledError) for reply in queued)
+        assert running._ctx is not None and running._ctx.cancelled  # running: its context cancelled
+        release.set()
+        assert running.get() == "ran"
+        assert manager.metrics().total_tasks_cancelled == 10
+        assert manager.stop() is True
+        res.assert_all_destroyed_once()
