@@ -1,5 +1,6 @@
-"""A FIFO with O(1) withdrawal: the lanes of the mailbox, the keys' backlogs, and the
-submitters waiting for room in a lane.
+"""A FIFO with O(1) withdrawal: the keys' backlogs and the submitters waiting for room
+in a lane. (The lanes themselves are a leaner :class:`~tasker._mailbox.Lane`: a queued
+message knows its lane, so a lane needs no dict.)
 
 The messages are kept in order in a deque and the ones still queued in a dict (a dict
 rather than a set: the garbage collector walks its dense entries, not a sparse table
@@ -17,7 +18,7 @@ from typing import Any
 
 __all__ = ["Fifo"]
 
-_COMPACT_MIN = 64  # tombstones a FIFO may hold before it is worth rebuilding
+_COMPACT_MIN = 64  # tombstones a FIFO (or a lane) may hold before it is worth rebuilding
 _ABSENT: Any = object()
 
 

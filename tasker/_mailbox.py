@@ -16,7 +16,9 @@ redelivered message goes in regardless, so a lane can briefly hold one more per
 redelivery: the supervisor never blocks).
 
 Withdrawing a queued message (``cancel()``) is O(1) however deep the lane: a lane is a
-:class:`~tasker._fifo.Fifo` (a deque with tombstones and a dict of what is still queued).
+:class:`Lane`, a deque with tombstones, and a queued message knows its lane. The
+plain paths of ``put`` and ``take`` are also written inline in ``TaskManager.submit``
+and ``Worker._loop`` (the hot path; see the architecture page).
 
 **Gated dispatch** (keys, rate limits, retry delays): the first keyed message, a global
 rate limit or a retry delay switches the mailbox to its gated paths; until then ``put``

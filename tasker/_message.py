@@ -1,11 +1,11 @@
 """Submissions as messages.
 
 A submission is one object, :class:`TaskResult`: a ``gevent.event.AsyncResult`` (the
-reply) that also carries the envelope — the task, its lane, its at-most-once flag, its
-attempt count, its timestamps. Making the envelope and the reply one object saves an
-allocation and a reference cycle on the hot path. The reply is resolved exactly once,
-by ``TaskManager._finish``; anything else that races it (kill, timeout, cancel) finds
-it ready and leaves it alone.
+reply) that also carries the envelope — the task, its options (:data:`Spec`), its
+attempt count, its timestamps, the lane it waits in. Making the envelope and the reply
+one object saves an allocation and a reference cycle on the hot path. The reply is
+resolved exactly once, by its worker (a success) or ``Core.finish`` (anything else);
+whatever races them (kill, timeout, cancel) finds it ready and leaves it alone.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     """The reply to one submission: a ``gevent.event.AsyncResult`` you can cancel.
 
     ``get()`` returns the task's value or raises its exception; ``cancel()`` withdraws
-    the submission. Made by :func:`message` (the manager's submit), never directly.
+    the submission. Made by ``TaskManager.submit``, never directly.
     """
 
     _fn: Callable[[Context, Any], Any]

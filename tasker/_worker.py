@@ -3,6 +3,9 @@
 The worker creates its resource (unless the manager handed it one made up front), takes
 messages from the mailbox — priority lane first — runs each task in its own greenlet
 (no greenlet per task), resolves the reply, and destroys its resource when it exits.
+Its loop is the hot path: while the mailbox is ungated it pops a lane's head itself
+(``Lane.popleft``, inline), and it answers a success itself (``Core.finish`` answers
+everything else, behind the same ``ready()`` check).
 A task's :class:`Context` goes on to the worker's next task when nothing kept a
 reference to it and it was not cancelled (``sys.getrefcount``): no task can tell it
 from a fresh one, and the hot path saves an allocation.
