@@ -253,7 +253,8 @@ class Core:
         if delay is None:  # a retry_after hint longer than the policy waits
             return False
         if extra is None:
-            extra = msg._extra = Extra(None, None)
+            extra = Extra(None, None)
+            msg._spec = (*msg._spec[:4], extra)  # the spec may be shared: this message gets its own
         extra.retries += 1
         msg._ctx = None  # a cancel() while it waits must find it in the mailbox, not a stale context
         self.mailbox.delay(msg, delay)  # before the collector runs: nothing it raises can lose it

@@ -221,7 +221,7 @@ class Mailbox:
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
-        if msg._extra is not None or self.throttle is not None:
+        if msg._spec[4] is not None or self.throttle is not None:  # _spec[4]: _extra, without a property call
             self._put_gated(msg, front)
         elif self.idle or self.idle_burst:
             worker = self.idle.pop() if self.idle else self.idle_burst.pop()
@@ -420,7 +420,7 @@ class Mailbox:
     def remove(self, msg: TaskResult) -> bool:
         """Withdraw a waiting message in O(1); False if it is not waiting."""
         lane = self.priority if msg._spec[0] else self.main  # _spec[0]: _priority, without a property call
-        extra = msg._extra  # its key, without the ``_key`` property's call
+        extra = msg._spec[4]  # its Extra and key, without the properties' calls
         keyed = extra is not None and extra.key is not None
         if lane.withdraw(msg):
             if keyed:

@@ -129,7 +129,7 @@ class TaskManager(SeedVariants[R, E]):
             parent=config.ctx,
         )
         self._mailbox = core.mailbox
-        self._spec: Spec = (False, False, config.task_timeout, core)  # what a submission with no options gets
+        self._spec: Spec = (False, False, config.task_timeout, core, None)  # what a submission with no options gets
         self._supervisor = Supervisor(core, config.worker_count)
         pool_size = config.worker_count if config.resource_pool_size is None else config.resource_pool_size
         made: list[Any] = []
@@ -204,8 +204,8 @@ class TaskManager(SeedVariants[R, E]):
         if get_ident() != self._core.thread:
             return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
         fn = task if callable(task) else _task_fn(task)
-        if priority is False and once is False and timeout is None and block is True:
-            spec = self._spec  # the defaults: four identity checks, and a shared spec
+        if priority is False and once is False and timeout is None and block is True and key is None and retry is None:
+            spec = self._spec  # the defaults: six identity checks, and a shared spec
         else:
             if priority is not False or once is not False or block is not True:
                 _check_flags(priority=priority, once=once, block=block)
@@ -213,12 +213,12 @@ class TaskManager(SeedVariants[R, E]):
                 timeout = self._spec[2]  # Config.task_timeout
             else:
                 _check_timeout(timeout)
-            spec = (priority, once, timeout, self._core)
-        if key is None and retry is None:
-            extra = None
-        else:
-            _check_key(key, retry)
-            extra = Extra(key, retry)
+            if key is None and retry is None:
+                extra = None
+            else:
+                _check_key(key, retry)
+                extra = Extra(key, retry)
+            spec = (priority, once, timeout, self._core, extra)
         core = self._core
         if not core.accepting or core.parent is not None:
             core.check_accepting()
@@ -235,9 +235,8 @@ class TaskManager(SeedVariants[R, E]):
         msg._started_at = None
         msg._attempts = 0
         msg._ctx = None
-        msg._extra = extra
         core.arrived += 1
-        if extra is not None or mailbox.gated or mailbox.idle or mailbox.idle_burst:
+        if spec[4] is not None or mailbox.gated or mailbox.idle or mailbox.idle_burst:
             mailbox.put(msg)  # before any user code runs: a collector that yields can't race stop()
         else:
             lane = mailbox.priority if priority else mailbox.main  # Lane.append, inline

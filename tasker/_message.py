@@ -46,11 +46,12 @@ class Extra:
         self.retries = 0
 
 
-Spec = tuple[bool, bool, "float | None", Canceller]
-"""A submission's options and its manager: (priority, once, timeout, core). One tuple
-is shared by all the submissions a manager takes with the default options, so a
-message carries one slot for four (each slot, and each object it refers to, is work
-for every garbage collection while the message lives)."""
+Spec = tuple[bool, bool, "float | None", Canceller, "Extra | None"]
+"""A submission's options and its manager: (priority, once, timeout, core, extra). One
+tuple is shared by all the submissions a manager takes with the default options, so a
+message carries one slot for five (each slot, and each object it refers to, is work
+for every garbage collection while the message lives). A message with a key or a
+retry policy has a tuple of its own, whose ``Extra`` it alone changes."""
 
 
 class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
@@ -66,13 +67,11 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     _started_at: float | None
     _attempts: int
     _ctx: Context | None
-    _extra: Extra | None
     _lane: Any  # the mailbox lane it is queued in, else None; unset if it never was
 
     __slots__ = (
         "_attempts",
         "_ctx",
-        "_extra",
         "_fn",
         "_lane",
         "_queued_at",
@@ -102,6 +101,10 @@ class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs
     @property
     def _timeout(self) -> float | None:
         return self._spec[2]
+
+    @property
+    def _extra(self) -> Extra | None:
+        return self._spec[4]
 
     @property
     def attempts(self) -> int:

@@ -56,12 +56,11 @@ def message(name: str, priority: bool = False) -> TaskResult:
     """A bare envelope for the mailbox alone; its task is its name."""
     msg = TaskResult()  # the fields TaskManager.submit sets
     msg._fn = Named(name)
-    msg._spec = (priority, False, None, NoCancel())
+    msg._spec = (priority, False, None, NoCancel(), None)
     msg._queued_at = 0.0
     msg._started_at = None
     msg._attempts = 0
     msg._ctx = None
-    msg._extra = None
     return msg
 
 

@@ -13,6 +13,7 @@ run. The command line and the pytest-benchmark suite drive the same functions.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -89,6 +90,7 @@ def measure(scenario: str, impl: Impl, sizes: Sizes) -> Run:
     try:
         warm_up(scenario, impl, sizes)
         impl.reset_peak()
+        gc.collect()  # each run starts from the same collector state, not the last run's leftovers
         start = time.perf_counter()
         latency = body(impl)
         seconds = time.perf_counter() - start
