@@ -16,21 +16,72 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Fifo"]
+__all__ = ["Fifo", "Tombstones"]
 
-_COMPACT_MIN = 64  # tombstones a FIFO (or a lane) may hold before it is worth rebuilding
+_COMPACT_MIN = 64  # tombstones a FIFO may hold before it is worth rebuilding
 _ABSENT: Any = object()
 
 
-class Fifo:
-    """Messages in order; ``len`` and iteration see only the ones still queued."""
+class Tombstones:
+    """Entries in order, with O(1) withdrawal: the part a :class:`Fifo` and a mailbox
+    lane (:class:`~tasker._mailbox.Lane`) share.
 
-    __slots__ = ("dead", "items", "live")
+    A withdrawn entry leaves the deque at once if it is at either end (what a batch's
+    cleanup withdraws, oldest first), and otherwise stays behind as a tombstone that
+    the takers skip. ``items`` is empty exactly when nothing is queued; when tombstones
+    outnumber the queued entries the deque is rebuilt without them, so memory stays
+    proportional to what is queued. A subclass says what is queued (:meth:`queued`) and
+    forgets an entry before it calls :meth:`withdrawn`.
+    """
+
+    __slots__ = ("dead", "items")
 
     def __init__(self) -> None:
-        self.items: deque[Any] = deque()  # queued messages in order, and tombstones
-        self.live: dict[Any, None] = {}  # the messages still queued (as keys)
-        self.dead = 0  # tombstones in ``items``: withdrawn messages not yet skipped
+        self.items: deque[Any] = deque()  # queued entries in order, and tombstones
+        self.dead = 0  # tombstones in ``items``
+
+    def queued(self, item: Any) -> bool:
+        raise NotImplementedError
+
+    def skip(self, item: Any) -> Any:
+        """``item`` was just popped and there are tombstones: the first queued entry from
+        it on (popped too); the tombstones behind it go if nothing else is left."""
+        items = self.items
+        while not self.queued(item):
+            self.dead -= 1
+            item = items.popleft()
+        if len(items) == self.dead:
+            items.clear()
+            self.dead = 0
+        return item
+
+    def withdrawn(self, item: Any) -> None:
+        """``item`` was queued here and no longer is: out of the deque, or a tombstone."""
+        items = self.items
+        if items[0] is item:
+            items.popleft()
+        elif items[-1] is item:
+            items.pop()
+        else:
+            self.dead += 1
+        if len(items) == self.dead:  # nothing queued behind the tombstones
+            items.clear()
+            self.dead = 0
+        elif self.dead > _COMPACT_MIN and 2 * self.dead > len(items):
+            # Amortized O(1): at least half of what is rebuilt was tombstones.
+            self.items = deque(m for m in items if self.queued(m))
+            self.dead = 0
+
+
+class Fifo(Tombstones):
+    """Entries in order; ``len`` and iteration see only the ones still queued (the keys
+    of a dict: the garbage collector walks its dense entries, not a sparse table)."""
+
+    __slots__ = ("live",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[Any, None] = {}  # the entries still queued (as keys)
 
     def __len__(self) -> int:
         return len(self.live)
@@ -38,6 +89,9 @@ class Fifo:
     def __iter__(self) -> Iterator[Any]:
         live = self.live
         return (msg for msg in self.items if msg in live)
+
+    def queued(self, item: Any) -> bool:
+        return item in self.live
 
     def append(self, msg: Any) -> None:
         self.live[msg] = None
@@ -48,39 +102,18 @@ class Fifo:
         self.items.appendleft(msg)
 
     def popleft(self) -> Any:
-        """The oldest queued message, removed; the FIFO must not be empty."""
-        live = self.live
+        """The oldest queued entry, removed; the FIFO must not be empty."""
         msg = self.items.popleft()
-        if self.dead:  # withdrawn messages may come first: skip them
-            while msg not in live:
-                self.dead -= 1
-                msg = self.items.popleft()
-        del live[msg]
+        if self.dead:  # withdrawn entries may come first: skip them
+            msg = self.skip(msg)
+        del self.live[msg]
         return msg
 
     def withdraw(self, msg: Any) -> bool:
-        """Leave ``msg`` behind as a tombstone; False if it is not queued here.
-
-        The oldest message (what a batch's cleanup withdraws, oldest first) or the
-        newest simply leaves the deque: no tombstone, nothing to rebuild later.
-        """
-        live = self.live
-        if live.pop(msg, _ABSENT) is _ABSENT:
+        """Take ``msg`` out (see :class:`Tombstones`); False if it is not queued here."""
+        if self.live.pop(msg, _ABSENT) is _ABSENT:
             return False
-        items = self.items
-        if items[0] is msg:
-            items.popleft()
-        elif items[-1] is msg:
-            items.pop()
-        else:
-            self.dead += 1
-            if live and self.dead > _COMPACT_MIN and self.dead > len(live):
-                # Amortized O(1): at least half of what is rebuilt was tombstones.
-                self.items = deque(m for m in items if m in live)
-                self.dead = 0
-        if not live:
-            items.clear()
-            self.dead = 0
+        self.withdrawn(msg)
         return True
 
     def clear(self) -> None:

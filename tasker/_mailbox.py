@@ -46,7 +46,7 @@ from gevent.hub import Waiter
 
 from ._clock import Clock, TimerHandle
 from ._errors import QueueFullError
-from ._fifo import _COMPACT_MIN, Fifo
+from ._fifo import Fifo, Tombstones
 from ._keys import KeyLimits, KeyTable
 from ._message import TaskResult
 from ._ratelimit import RateLimit, TokenBucket
@@ -68,28 +68,27 @@ class Worker(Protocol):
 RETIRE: Any = object()  # wake-up value that tells a parked worker to exit
 
 
-class Lane:
+class Lane(Tombstones):
     """One FIFO lane of eligible messages, with the submitters waiting for room in it.
 
     A queued message knows its lane (``msg._lane``), so a lane needs no index of what
-    it holds: withdrawing a message clears its ``_lane`` and leaves it in ``items`` as
-    a tombstone that the takers skip. ``items`` is empty exactly when no message is
-    queued (the last withdrawal or take clears the tombstones), so its truth is the
-    lane's; when tombstones outnumber the queued messages the deque is rebuilt without
-    them, so memory stays proportional to what is queued. ``len`` and iteration see
-    only the eligible messages, oldest first; ``size()`` adds the lane's messages
-    waiting for their key (``blocked``) or a retry (``delayed``).
+    it holds: withdrawing a message clears its ``_lane`` (see :class:`Tombstones` for
+    the deque). ``items`` is empty exactly when no message is queued, so its truth is
+    the lane's. ``len`` and iteration see only the eligible messages, oldest first;
+    ``size()`` adds the lane's messages waiting for their key (``blocked``) or a retry
+    (``delayed``).
 
     A queued message is never answered: whatever answers one takes it out first
     (``cancel()`` withdraws it, kill() and the supervisor drain the mailbox), so a
     worker that pops a lane's head runs it without asking ``ready()``.
     """
 
-    __slots__ = ("blocked", "dead", "delayed", "items", "waiters")
+    __slots__ = ("blocked", "delayed", "waiters")
+
+    items: deque[TaskResult]
 
     def __init__(self) -> None:
-        self.items: deque[TaskResult] = deque()  # queued messages in order, and tombstones
-        self.dead = 0  # tombstones in ``items``
+        super().__init__()
         self.blocked = 0  # messages of this lane waiting in a key's backlog
         self.delayed = 0  # messages of this lane waiting out a retry backoff
         self.waiters = Fifo()  # submitters' Waiters, FIFO; one that gives up leaves in O(1)
@@ -99,6 +98,9 @@ class Lane:
 
     def __iter__(self) -> Iterator[TaskResult]:
         return (msg for msg in self.items if msg._lane is self)
+
+    def queued(self, item: Any) -> bool:
+        return item._lane is self
 
     def size(self) -> int:
         return len(self.items) - self.dead + self.blocked + self.delayed
@@ -113,48 +115,18 @@ class Lane:
 
     def popleft(self) -> TaskResult:
         """The oldest queued message, removed; the lane must not be empty."""
-        items = self.items
-        msg = items.popleft()
+        msg = self.items.popleft()
         if self.dead:
             msg = self.skip(msg)
         msg._lane = None
         return msg
 
-    def skip(self, msg: TaskResult) -> TaskResult:
-        """``msg`` was just popped and there are tombstones: the first queued message from
-        it on (popped too), and the tombstones behind it dropped if nothing else is left."""
-        items = self.items
-        while msg._lane is not self:
-            self.dead -= 1
-            msg = items.popleft()
-        if len(items) == self.dead:  # only tombstones behind it
-            items.clear()
-            self.dead = 0
-        return msg
-
     def withdraw(self, msg: TaskResult) -> bool:
-        """Take ``msg`` out; False if it is not queued here.
-
-        The oldest message (what a batch's cleanup withdraws, oldest first) or the
-        newest leaves the deque; any other stays behind as a tombstone.
-        """
+        """Take ``msg`` out; False if it is not queued here."""
         if getattr(msg, "_lane", None) is not self:  # a message handed straight to a worker has none
             return False
         msg._lane = None
-        items = self.items
-        if items[0] is msg:
-            items.popleft()
-        elif items[-1] is msg:
-            items.pop()
-        else:
-            self.dead += 1
-        if len(items) == self.dead:  # nothing queued behind the tombstones
-            items.clear()
-            self.dead = 0
-        elif self.dead > _COMPACT_MIN and 2 * self.dead > len(items):
-            # Amortized O(1): at least half of what is rebuilt was tombstones.
-            self.items = deque(m for m in items if m._lane is self)
-            self.dead = 0
+        self.withdrawn(msg)
         return True
 
     def clear(self) -> None:

@@ -351,23 +351,7 @@ class TestEarlyExitCancelsEverything:
         res.assert_all_destroyed_once()
 
     def test_imap_unordered_leaves_no_link_behind(self) -> None:
-        res = Resources()
-        manager = manager_with(res, 1)
-        started, release = Event(), Event()
-        replies: list[Any] = []
-        submit = manager.submit
-
-        def spy(*args: Any, **kwargs: Any) -> Any:
-            replies.append(submit(*args, **kwargs))
-            return replies[-1]
-
-        manager.submit = spy  # type: ignore[method-assign]
-
-        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
-            if item == 1:
-                started.set()
-                release.wait()
-            return item
+        manager, replies, fn, started, release = spied_with_item_1_blocking()
 
         results = manager.imap_unordered(fn, range(10), max_in_flight=5)
         assert next(results) == 0
@@ -383,23 +367,7 @@ class TestEarlyExitReplies:
 
     @pytest.mark.parametrize("method", BATCH)
     def test_each_withdrawn_reply_answers_like_an_async_result_with_an_exception(self, method: str) -> None:
-        res = Resources()
-        manager = manager_with(res, 1)
-        started, release = Event(), Event()
-        replies: list[Any] = []
-        submit = manager.submit
-
-        def spy(*args: Any, **kwargs: Any) -> Any:
-            replies.append(submit(*args, **kwargs))
-            return replies[-1]
-
-        manager.submit = spy  # type: ignore[method-assign]
-
-        def fn(ctx: tasker.Context, resource: int, item: int) -> int:
-            if item == 1:
-                started.set()
-                release.wait()
-            return item
+        manager, replies, fn, started, release = spied_with_item_1_blocking()
 
         results = getattr(manager, method)(fn, range(10), max_in_flight=6)
         assert next(results) == 0
@@ -505,6 +473,29 @@ class TestEarlyExitFreesAsItGoes:
         assert manager.metrics().total_tasks_cancelled == 4999
         release.set()
         assert manager.stop() is True
+
+
+def spied_with_item_1_blocking() -> tuple[Manager, list[Any], Any, Event, Event]:
+    """A one-worker manager whose every reply is kept (in submission order), and an item
+    function for the batches in which item 1 blocks until ``release`` (``started`` set)."""
+    manager = manager_with(Resources(), 1)
+    started, release = Event(), Event()
+    replies: list[Any] = []
+    submit = manager.submit
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        replies.append(submit(*args, **kwargs))
+        return replies[-1]
+
+    manager.submit = spy  # type: ignore[method-assign]
+
+    def fn(ctx: tasker.Context, resource: int, item: int) -> int:
+        if item == 1:
+            started.set()
+            release.wait()
+        return item
+
+    return manager, replies, fn, started, release
 
 
 def frames(error: BaseException) -> list[tuple[str, str]]:
