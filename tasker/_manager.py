@@ -201,7 +201,8 @@ class TaskManager(SeedVariants[R, E]):
                 f"submit() takes the task as its only positional argument, got {_keywords!r} after it; "
                 "pass the options by keyword (priority=..., once=..., timeout=...)"
             )
-        if get_ident() != self._core.thread:
+        core = self._core
+        if get_ident() != core.thread:
             return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
         fn = task if callable(task) else _task_fn(task)
         if priority is False and once is False and timeout is None and block is True and key is None and retry is None:
@@ -218,8 +219,7 @@ class TaskManager(SeedVariants[R, E]):
             else:
                 _check_key(key, retry)
                 extra = Extra(key, retry)
-            spec = (priority, once, timeout, self._core, extra)
-        core = self._core
+            spec = (priority, once, timeout, core, extra)
         if not core.accepting or core.parent is not None:
             core.check_accepting()
         mailbox = self._mailbox

@@ -224,6 +224,22 @@ class TestTransientRetries:
         assert starts == [0.0, 1.0, 3.0]
         assert (metrics.total_transient_retries, metrics.total_tasks_retried) == (2, 0)
 
+    def test_a_retry_counts_on_its_own_message_not_on_the_shared_defaults(self) -> None:
+        """The first retry of a default submission gives it an ``Extra`` of its own: the
+        spec tuple that every default submission shares is left as it was."""
+        clock, resources = FakeClock(), Resources()
+        policy = RetryPolicy(retry_on=(Busy,), base_delay=1.0, jitter=False)
+        with manager_on(clock, resources, worker_count=1, retry=policy) as m:
+            shared = m._spec  # private: the defaults' spec
+            retried = m.submit(self.flaky([Busy()]))
+            run_until(clock, retried.ready)
+            assert retried.get() == "ok" and retried.retries == 1
+            assert retried._spec is not shared and m._spec is shared and shared[4] is None
+            plain = m.submit(lambda ctx, r: "plain")
+            assert plain._spec is shared
+            run_until(clock, plain.ready)
+            assert (plain.get(), plain.retries, plain.attempts) == ("plain", 0, 1)
+
     def test_retry_after_is_honoured_and_the_worker_is_free_meanwhile(self) -> None:
         clock, resources = FakeClock(), Resources()
         policy = RetryPolicy(retry_on=(Busy,), base_delay=100.0)
