@@ -334,15 +334,24 @@ class Core:
             self.log("error", "tasker: check_health raised %r; treating the worker as unhealthy", error)
             return False
 
-    def destroy(self, resource: Any) -> None:
-        """``on_destroy(resource)``; what it raises is logged."""
+    def destroy(self, resource: Any, caller: bool = False) -> None:
+        """``on_destroy(resource)``; what it raises is logged.
+
+        ``caller``: this runs in the caller's own greenlet (``run_task``'s temporary
+        resource), so what was thrown into it while ``on_destroy`` blocked (its own
+        ``Timeout``, a kill of its greenlet) is logged and then goes on to it.
+        """
         on_destroy = self._on_destroy
         if on_destroy is not None:
             try:
                 on_destroy(resource)
             except BaseException as exc:  # a close bounded by its own Timeout, or worse
-                self.survive(exc)
+                thrown = caller and thrown_in(exc)
+                if not thrown:
+                    self.survive(exc)
                 self.log("error", "tasker: on_destroy raised %r", exc)
+                if thrown:
+                    raise
 
     def log(self, level: str, msg: str, *args: Any) -> None:
         try:

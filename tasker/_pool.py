@@ -91,7 +91,7 @@ class ResourcePool:
                 if resource is not NO_RESOURCE:
                     if temporary or core.tearing_down:  # torn down while it ran
                         self.destroying.add(me)
-                        core.destroy(resource)
+                        core.destroy(resource, caller=True)  # the caller's own interrupt goes on to it
                     else:
                         self._free.append(resource)
             finally:

@@ -321,9 +321,7 @@ class TestKillAnswersOnceTheTaskHasEnded:
     def test_a_task_ignoring_kill_is_answered_at_kill_timeout(self) -> None:
         res = Resources()
         clock = FakeClock()
-        manager: Manager = TaskManager(
-            res.config(worker_count=1, max_worker_count=1, kill_timeout=1.0, clock=clock)
-        )
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, kill_timeout=1.0, clock=clock))
         started = Event()
         release = Event()
 
@@ -529,6 +527,56 @@ class TestCallersOwnInterruptInTheCollector:
         assert logger.count("error", "collector.record_arrival raised") == 2
         assert manager.stop() is True
         assert manager.metrics().total_tasks_completed == 2
+        res.assert_all_destroyed_once()
+
+
+class TestCallersOwnInterruptInRunTasksOnDestroy:
+    """run_task destroys its temporary resource in the caller's greenlet. A caller's own
+    gevent.Timeout, or a kill of its greenlet, that lands while on_destroy blocks goes on to
+    the caller, as one landing in the task does.
+
+    Before, Core.destroy logged and swallowed it: run_task returned the value past the
+    caller's deadline, and a greenlet.kill() of the caller did not end it.
+    """
+
+    @pytest.mark.parametrize("interrupt", ["timeout", "kill"])
+    def test_it_reaches_the_caller(self, interrupt: str) -> None:
+        res = Resources()
+        logger = RecordingLogger()
+        entered = Event()
+
+        def destroy(rid: int) -> None:
+            res.destroy(rid)
+            if rid == 2:  # run_task's temporary (1 is the worker's)
+                entered.set()
+                Event().wait()  # until the caller's own Timeout or kill lands here
+
+        config = attrs.evolve(
+            res.config(worker_count=1, max_worker_count=1, resource_pool_size=0), on_destroy=destroy, logger=logger
+        )
+        manager: Manager = TaskManager(config)
+        outcome: list[Any] = []
+        timeout = gevent.Timeout(0.01)
+
+        def caller() -> None:
+            try:
+                with timeout if interrupt == "timeout" else nullcontext():
+                    outcome.append(manager.run_task(lambda ctx, r: "value"))
+            except gevent.Timeout as exc:
+                outcome.append(exc)
+
+        greenlet = gevent.spawn(caller)
+        assert entered.wait(5)
+        if interrupt == "kill":
+            greenlet.kill()
+            assert isinstance(greenlet.value, gevent.GreenletExit) and outcome == []
+        else:
+            greenlet.join()
+            assert outcome == [timeout]  # the caller's own, not the value after its deadline
+        assert logger.count("error", "on_destroy raised") == 1
+        assert manager._pool.in_flight == 0
+        assert manager.stop() is True  # not waiting for a run_task call
+        assert manager.metrics().total_tasks_completed == 1  # the task itself did complete
         res.assert_all_destroyed_once()
 
 
