@@ -264,13 +264,16 @@ class TaskManager(SeedVariants[R, E]):
         retry: RetryPolicy | None,
     ) -> TaskResult:
         flags = {"priority": priority, "once": once, "timeout": timeout, "block": block, "key": key, "retry": retry}
-        reply = call_in_hub(self._core.hub, self.submit, task, **flags)
+        reply = call_in_hub(self._core.hub, self.submit, task, withdraw=True, **flags)
         reply.__class__ = ThreadTaskResult  # same layout; its waits keep this thread's loop alive
         return reply  # type: ignore[no-any-return]
 
-    def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> None:
+    def _submit_with_callback(self, task: Task[R, E], callback: Callback, priority: bool, once: bool) -> TaskResult:
+        """Submit ``task``; ``callback(result, error)`` gets its outcome. Returns the reply
+        for tasker's own use (a calling thread that gives up cancels it), not the caller's."""
         if get_ident() != self._core.thread:  # the callback then runs in the manager's thread
-            return call_in_hub(self._core.hub, self._submit_with_callback, task, callback, priority, once)  # type: ignore[no-any-return]
+            hub = self._core.hub
+            return call_in_hub(hub, self._submit_with_callback, task, callback, priority, once, withdraw=True)  # type: ignore[no-any-return]
         if not callable(callback):
             raise TypeError(f"callback must be callable as callback(result, error), got {callback!r}")
         shutdown = self._shutdown
@@ -282,6 +285,7 @@ class TaskManager(SeedVariants[R, E]):
             shutdown.progressed()  # a shutdown may be waiting for this callback (refused while waiting for room)
             raise
         reply.rawlink(lambda r: gevent.spawn(shutdown.call_back, callback, r))
+        return reply
 
     def run_task(self, task: Task[R, E]) -> E:
         """Run ``task`` now in this greenlet, bypassing the queues.
@@ -294,7 +298,7 @@ class TaskManager(SeedVariants[R, E]):
             ManagerStoppedError: ``stop()``/``kill()`` has begun.
         """
         if get_ident() != self._core.thread:  # the task runs in the manager's thread
-            return call_in_hub(self._core.hub, self.run_task, task)  # type: ignore[no-any-return]
+            return call_in_hub(self._core.hub, self.run_task, task, withdraw=True)  # type: ignore[no-any-return]
         return self._pool.run(_task_fn(task))  # type: ignore[no-any-return]
 
     def map(

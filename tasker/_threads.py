@@ -46,9 +46,15 @@ def _nothing() -> None:
     pass
 
 
-def call_in_hub(hub: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn(*args, **kwargs)`` in a greenlet of ``hub``'s thread; return or raise its outcome here."""
+def call_in_hub(hub: Any, fn: Callable[..., Any], *args: Any, withdraw: bool = False, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in a greenlet of ``hub``'s thread; return or raise its outcome here.
+
+    ``withdraw``: if this thread stops waiting (an exception thrown into its wait: its own
+    ``gevent.Timeout``, say), the call is withdrawn in ``hub``'s thread (:func:`_withdraw`),
+    as that exception would have withdrawn it there. Without it the call goes on.
+    """
     outcome = AsyncResult()
+    runner: list[gevent.Greenlet] = []
 
     def run() -> None:
         try:
@@ -57,8 +63,28 @@ def call_in_hub(hub: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
             outcome.set_exception(exc)
 
     with _loop_kept_alive():
-        hub.loop.run_callback_threadsafe(gevent.spawn, run)
-        return outcome.get()
+        hub.loop.run_callback_threadsafe(lambda: runner.append(gevent.spawn(run)))
+        try:
+            return outcome.get()
+        except BaseException as exc:
+            if withdraw and not (outcome.ready() and exc is outcome.exception):  # not fn's own error
+                hub.loop.run_callback_threadsafe(_withdraw, runner, outcome)
+            raise
+
+
+def _withdraw(runner: list[gevent.Greenlet], outcome: AsyncResult) -> None:
+    """In the manager's thread: the caller's thread gave up on the call ``runner`` runs.
+
+    Still running (or not started), the call is killed where it blocks: a submission
+    waiting for room is then not made, one whose collector blocks is withdrawn, a
+    ``run_task`` task is interrupted. Already over, the submission it made is cancelled
+    (a callback's gets ``CancelledError``), so no reply is left that nobody holds.
+    """
+    (greenlet,) = runner  # spawned by the callback before this one: they run in order
+    if not greenlet.dead:
+        greenlet.kill(block=False)
+    elif outcome.successful() and isinstance(outcome.value, TaskResult):
+        outcome.value.cancel()
 
 
 class ThreadTaskResult(TaskResult):

@@ -27,7 +27,7 @@ class SeedVariants(Generic[R, E]):
 
     if TYPE_CHECKING:  # provided by TaskManager, whose signatures they are
         submit: Callable[..., TaskResult]
-        _submit_with_callback: Callable[[Task[R, E], Callback, bool, bool], None]
+        _submit_with_callback: Callable[[Task[R, E], Callback, bool, bool], TaskResult]
 
     def queue_task(self, task: Task[R, E]) -> E:
         """Run ``task`` on the main lane; block this greenlet for its value or exception."""

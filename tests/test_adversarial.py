@@ -321,7 +321,9 @@ class TestKillAnswersOnceTheTaskHasEnded:
     def test_a_task_ignoring_kill_is_answered_at_kill_timeout(self) -> None:
         res = Resources()
         clock = FakeClock()
-        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, kill_timeout=1.0, clock=clock))
+        manager: Manager = TaskManager(
+            res.config(worker_count=1, max_worker_count=1, kill_timeout=1.0, clock=clock)
+        )
         started = Event()
         release = Event()
 

@@ -11,7 +11,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import Resources
+from helpers import Resources, hold_the_worker
 
 import tasker
 from tasker import TaskManager
@@ -135,4 +135,131 @@ class TestFromAnotherThread:
         assert running.get() == "ran"
         assert manager.metrics().total_tasks_cancelled == 10
         assert manager.stop() is True
+        res.assert_all_destroyed_once()
+
+
+class Caller:
+    """The calling thread's greenlet and hub, so that the manager's thread can throw an
+    interrupt into its wait at a chosen moment (as its own gevent.Timeout would land)."""
+
+    def __init__(self) -> None:
+        self.box: list[tuple[Any, Any]] = []
+        self.timeout = gevent.Timeout()  # never started: only thrown
+
+    def here(self) -> None:
+        """Called in the calling thread, before the call it will give up on."""
+        self.box.append((gevent.getcurrent(), gevent.get_hub()))
+
+    def give_up(self) -> None:
+        """Called in the manager's thread: the calling thread's wait raises ``timeout``."""
+        ((greenlet, hub),) = self.box
+        hub.loop.run_callback_threadsafe(greenlet.throw, self.timeout)
+
+
+class TestTheCallingThreadGivesUp:
+    """A calling thread that stops waiting (an exception thrown into its wait) withdraws
+    its call in the manager's thread, as that exception would have there: no task runs
+    for a caller that gave up, and no reply is left that nobody holds.
+
+    Before, the handed-over call went on: a submission waiting for room was made later
+    and its task ran, a run_task task ran on (and stop() waited for it)."""
+
+    def test_a_run_task_is_interrupted(self, kind: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1))
+        caller = Caller()
+        interrupted = Event()
+        seen: list[BaseException] = []
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            caller.give_up()
+            try:
+                Event().wait()  # until the withdrawal interrupts it
+            except BaseException as exc:
+                seen.append(exc)
+                interrupted.set()
+                raise
+
+        def call() -> None:
+            caller.here()
+            manager.run_task(task)
+
+        with pytest.raises(gevent.Timeout) as info:
+            in_thread(kind, call)
+        assert info.value is caller.timeout
+        assert interrupted.wait(5)
+        assert [type(exc) for exc in seen] == [gevent.GreenletExit]
+        assert manager.stop(5) is True  # no run_task call left to wait for
+        assert manager.metrics().total_tasks_cancelled == 1
+        res.assert_all_destroyed_once()
+
+    def test_a_submission_waiting_for_room_is_not_made(self, kind: str) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, max_queue_size=1))
+        gate, running = hold_the_worker(manager)
+        queued = manager.submit(whose_thread)  # the main lane is full
+        caller = Caller()
+        ran: list[str] = []
+
+        def watch() -> None:
+            while not manager._mailbox.main.waiters.live:  # until the thread's submission waits for room
+                gevent.sleep(0)
+            caller.give_up()
+
+        def call() -> None:
+            caller.here()
+            manager.submit(lambda ctx, r: ran.append("ran"))
+
+        watcher = gevent.spawn(watch)
+        with pytest.raises(gevent.Timeout):
+            in_thread(kind, call)
+        watcher.get(timeout=5)
+        gevent.idle()  # the withdrawal, handed to this thread, runs
+        gate.release.set()
+        assert running.get(timeout=5) == "gate" and queued.get(timeout=5) == threading.get_ident()
+        # Served in order after anything submitted for the thread: the lane is FIFO, and so are its waiters.
+        assert manager.queue_task(lambda ctx, r: "after") == "after"
+        assert ran == []
+        assert manager.stop(5) is True
+        assert manager.metrics().total_tasks_completed == 3
+        res.assert_all_destroyed_once()
+
+    @pytest.mark.parametrize("how", ["submit", "callback"])
+    def test_a_submission_made_before_it_gave_up_is_cancelled(self, kind: str, how: str) -> None:
+        caller = Caller()
+
+        class GivingUp(tasker.Collector):
+            def record_arrival(self) -> None:  # in the manager's thread, inside the handed-over submit
+                super().record_arrival()
+                if caller.box:
+                    caller.give_up()  # lands before the submission's outcome reaches the thread
+
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, collector=GivingUp()))
+        gate, running = hold_the_worker(manager)  # the thread's submission stays queued
+        ran: list[str] = []
+        errors: list[BaseException | None] = []
+        called = Event()
+
+        def callback(result: Any, error: BaseException | None) -> None:
+            errors.append(error)
+            called.set()
+
+        def call() -> None:
+            caller.here()
+            if how == "submit":
+                manager.submit(lambda ctx, r: ran.append("ran"))
+            else:
+                manager.queue_task_with_callback(lambda ctx, r: ran.append("ran"), callback)
+
+        with pytest.raises(gevent.Timeout):
+            in_thread(kind, call)
+        gate.release.set()
+        assert running.get(timeout=5) == "gate"
+        if how == "callback":  # its one reply: the withdrawal
+            assert called.wait(5)
+            assert [type(e) for e in errors] == [tasker.CancelledError]
+        assert manager.stop(5) is True
+        assert ran == []
+        assert manager.metrics().total_tasks_cancelled == 1
         res.assert_all_destroyed_once()
