@@ -103,20 +103,19 @@ class Core:
         self._record_cancellation = getattr(collector, "record_cancellation", None)  # optional
         self._record_transient_retry = getattr(collector, "record_transient_retry", None)  # optional
         # The default collector on the manager's own clock is fed directly: an arrival
-        # appends the submission's clock reading to its buffer, a completion three floats.
+        # appends the submission's clock reading to its buffer, a worker's success its
+        # wait, run and finish times to three (Worker._loop).
         # A collector of any other type (a subclass too) gets every record through its
         # methods, at once.
         self.fast: Collector | None = None
-        self.pending_arrivals: list[float] | None = None  # the fast collector's buffers
-        self.pending_stamps: list[float] | None = None
-        self.fold_every = FOLD_EVERY  # records buffered before a fold (arrivals; a completion is three floats)
+        self.pending_arrivals: list[float] | None = None  # the fast collector's arrivals buffer
+        self.fold_every = FOLD_EVERY  # records buffered before a fold
         # The default collector only counts failures and cancellations: they are added to
         # its counters directly, whatever its clock (no stamps, no call).
         self.counts: Collector | None = collector if type(collector) is Collector else None
         if type(collector) is Collector and collector.clock_now == clock.now:
             self.fast = collector
             self.pending_arrivals = collector.pending_arrivals
-            self.pending_stamps = collector.pending_stamps
         self.parent = parent
         self.ctx = parent.child() if parent is not None else Context()
         self.hub = gevent.get_hub()

@@ -7,14 +7,15 @@ value, whatever the number of samples; min, max and means are exact. Rates count
 in a ring of time slots covering the last ``window`` seconds. Memory is a fixed list of
 ~1,800 bucket counters and a few slots, however many tasks run.
 
-``record_arrival`` and ``record_completion`` only append their times to two flat
-lists (``pending_arrivals``, ``pending_stamps``); the lists are folded into the
-histogram, the sums and the rate windows every ``FOLD_EVERY`` records and whenever
-``metrics()`` reads them, one batch at a time. Folding in order, with
-each record's own times, gives exactly what folding each record at once would:
-``metrics()`` never sees a record late, and the buffers bound memory. A manager on
-this collector's clock appends to the lists itself (see ``Core.finish``), which saves
-a call per record; it then calls :meth:`Collector.fold` when a list is full. A manager
+``record_arrival`` only appends its time to a list (``pending_arrivals``), and
+``record_completion`` the task's wait, run and finish times to three
+(``pending_completions``); the lists are folded into the histogram, the sums and the
+rate windows every ``FOLD_EVERY`` records and whenever ``metrics()`` reads them, one
+batch at a time. Folding in order, with each record's own times, gives exactly what
+folding each record at once would: ``metrics()`` never sees a record late, and the
+buffers bound memory. A manager on this collector's clock appends to the lists itself
+(``TaskManager.submit``, ``Worker._loop``), which saves a call per record; it then
+calls :meth:`Collector.fold` when a list is full. A manager
 on this collector (any clock) likewise adds its failures and cancellations straight to
 its counters (``_failed``, ``_cancelled``: private, so a subclass's own names are free).
 
@@ -28,7 +29,6 @@ import math
 from bisect import bisect_left as _bisect_left
 from bisect import bisect_right as _bisect_right
 from collections import deque
-from operator import sub as _sub
 
 from ._clock import Clock, MonotonicClock
 from ._types import TaskLifecycleTimestamps, TaskMetrics
@@ -139,7 +139,9 @@ class Collector:
         # Not folded in yet: arrival times, and (queued, started, finished) of each completion,
         # flat. The manager appends to them directly when it shares this collector's clock.
         self.pending_arrivals: list[float] = []
-        self.pending_stamps: list[float] = []
+        # A completion's wait (started - queued), run (finished - started) and finish
+        # time, at the same index of three lists: the fold then subtracts nothing.
+        self.pending_completions: tuple[list[float], list[float], list[float]] = ([], [], [])
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
         self._finishes = _RateWindow(window, 20, now)
@@ -172,9 +174,12 @@ class Collector:
         self._cancelled += 1
 
     def record_completion(self, stamps: TaskLifecycleTimestamps) -> None:
-        pending = self.pending_stamps
-        pending += stamps  # (queued, started, finished): a NamedTuple of three floats
-        if len(pending) >= 3 * FOLD_EVERY:
+        queued, started, finished = stamps
+        waits, runs, finishes = self.pending_completions
+        waits.append(started - queued)
+        runs.append(finished - started)
+        finishes.append(finished)
+        if len(finishes) >= FOLD_EVERY:
             self.fold()
 
     def fold(self) -> None:
@@ -188,16 +193,14 @@ class Collector:
         if arrivals:
             _count(self._arrivals, arrivals)
             arrivals.clear()
-        stamps = self.pending_stamps
-        if not stamps:
+        waits, took, finishes = self.pending_completions
+        if not finishes:
             return
-        queued, started, finished = stamps[0::3], stamps[1::3], stamps[2::3]
-        stamps.clear()
-        took = list(map(_sub, finished, started))
         # sum() adds floats without making an object per addition (Python 3.12 also
         # compensates the rounding: the batch is then more exact than one at a time).
+        self._wait_sum = sum(waits, self._wait_sum)
+        waits.clear()
         self._exec_sum = sum(took, self._exec_sum)
-        self._wait_sum = sum(map(_sub, started, queued), self._wait_sum)
         took.sort()  # then each bucket's share is one bisection, not a log per value
         if took[0] < self._exec_min:
             self._exec_min = took[0]
@@ -216,8 +219,10 @@ class Collector:
             i = _bisect_left(bounds, took[start], i + 1)
         else:
             buckets[last] += n - start
-        self._ran += len(took)
-        _count(self._finishes, finished)
+        self._ran += n
+        took.clear()
+        _count(self._finishes, finishes)
+        finishes.clear()
 
     def _percentile(self, q: float) -> float:
         rank = max(1, math.ceil(q * self._ran))
