@@ -15,6 +15,7 @@ from helpers import Resources, hold_the_worker
 
 import tasker
 from tasker import TaskManager
+from tasker._fifo import Fifo
 
 Manager = TaskManager[int, Any]
 CALLS = 200
@@ -200,10 +201,17 @@ class TestTheCallingThreadGivesUp:
         queued = manager.submit(whose_thread)  # the main lane is full
         caller = Caller()
         ran: list[str] = []
+        waiting = Event()
+
+        class Waiters(Fifo):  # the lane's FIFO of submitters waiting for room, which says when one enters
+            def append(self, msg: Any) -> None:
+                super().append(msg)
+                waiting.set()
+
+        manager._mailbox.main.waiters = Waiters()  # empty, like the one it replaces
 
         def watch() -> None:
-            while not manager._mailbox.main.waiters.live:  # until the thread's submission waits for room
-                gevent.sleep(0)
+            waiting.wait()  # the thread's submission waits for room
             caller.give_up()
 
         def call() -> None:
