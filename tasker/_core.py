@@ -36,7 +36,7 @@ from ._clock import Clock
 from ._context import Context
 from ._errors import CancelledError, ManagerStoppedError, RetriesExhaustedError, TaskKilledError, TaskTimeoutError
 from ._mailbox import Mailbox
-from ._message import Extra, Interrupt, TaskResult
+from ._message import Extra, Interrupt, TaskResult, spent
 from ._metrics import FOLD_EVERY, Collector
 from ._retry import RetryPolicy
 from ._threads import call_in_hub, get_ident
@@ -143,6 +143,7 @@ class Core:
             return
         self.done += 1
         msg.set_exception(exc)
+        msg._fn = spent  # a worker still running it holds its own reference
         counts = self.counts
         if counts is not None:
             if cancelled:

@@ -5,7 +5,8 @@ reply) that also carries the envelope — the task, its options (:data:`Spec`), 
 attempt count, its timestamps, the lane it waits in. Making the envelope and the reply
 one object saves an allocation and a reference cycle on the hot path. The reply is
 resolved exactly once, by its worker (a success) or ``Core.finish`` (anything else);
-whatever races them (kill, timeout, cancel) finds it ready and leaves it alone.
+whatever races them (kill, timeout, cancel) finds it ready and leaves it alone. Both
+then let go of the task and its context (``_fn`` becomes :func:`spent`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ._context import Context
 if TYPE_CHECKING:
     from ._retry import RetryPolicy
 
-__all__ = ["Extra", "Interrupt", "Spec", "TaskResult"]
+__all__ = ["Extra", "Interrupt", "Spec", "TaskResult", "spent"]
 
 
 class Canceller(Protocol):
@@ -52,6 +53,14 @@ tuple is shared by all the submissions a manager takes with the default options,
 message carries one slot for five (each slot, and each object it refers to, is work
 for every garbage collection while the message lives). A message with a key or a
 retry policy has a tuple of its own, whose ``Extra`` it alone changes."""
+
+
+def spent(ctx: Context, resource: Any) -> Any:
+    """The task of an answered message: its own is let go once its reply is set, so a
+    reply the caller keeps does not keep the task alive (nor what it holds), as a
+    gevent ``Greenlet`` lets go of its function once it has run. Never called: nothing
+    runs an answered message."""
+    raise RuntimeError("tasker ran the task of a message already answered")
 
 
 class TaskResult(AsyncResult):  # type: ignore[misc]  # gevent ships no stubs

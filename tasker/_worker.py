@@ -30,7 +30,7 @@ import gevent
 from ._context import UNSHARED, Context
 from ._core import NO_RESOURCE, Core
 from ._errors import CancelledError, TaskKilledError, TaskTimeoutError
-from ._message import Interrupt, TaskResult
+from ._message import Interrupt, TaskResult, spent
 from ._types import TaskLifecycleTimestamps
 
 __all__ = ["Exit", "Worker"]
@@ -121,6 +121,8 @@ class Worker:
         resource = self.resource
         ctx: Context | None = None  # the next task's context: a fresh one, or the last one, unshared
         msg: TaskResult | None
+        fn: Callable[[Context, Any], Any] | None = None
+        value: Any = None
         while True:
             # Mailbox.take's fast path, inline (ungated, a message queued): Lane.popleft.
             lane = priority if priority.items else main
@@ -132,6 +134,7 @@ class Worker:
                 if lane.waiters.live:  # submitters waiting for room (the dict: no Python-level __len__)
                     mailbox.wake_one(lane)
             else:
+                msg = fn = value = None  # parked, it holds nothing of its last task
                 msg = take(self)
                 if msg is None:
                     return IDLE
@@ -169,7 +172,8 @@ class Worker:
                 # A success is resolved here, the only place that does (Core.finish resolves the rest).
                 core.done += 1
                 msg.set(value)
-                msg._ctx = None  # nothing needs the task's context once its reply is set
+                msg._ctx = None  # nothing needs the task's context, nor the task, once its reply is set
+                msg._fn = spent
                 if fast is None:
                     core.record(TaskLifecycleTimestamps(msg._queued_at, started, now()), False, False)
                 else:

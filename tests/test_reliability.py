@@ -69,11 +69,13 @@ class Ledger:
         self.msgs: list[TaskResult] = []
         self.sets: dict[TaskResult, int] = {}
         self.notified: dict[TaskResult, int] = {}
+        self.tasks: dict[TaskResult, Any] = {}  # each answered message's task, as it was answered
 
     def reset(self) -> None:
         self.msgs = []
         self.sets = {}
         self.notified = {}
+        self.tasks = {}
 
     def on_notify(self, reply: TaskResult) -> None:
         self.notified[reply] = self.notified.get(reply, 0) + 1
@@ -95,10 +97,12 @@ def ledger(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ledger]:
 
     def counting_set(self: TaskResult, *args: Any) -> None:
         book.sets[self] = book.sets.get(self, 0) + 1
+        book.tasks.setdefault(self, self._fn)  # an answered message lets go of its task
         original_set(self, *args)
 
     def counting_set_exception(self: TaskResult, *args: Any) -> None:
         book.sets[self] = book.sets.get(self, 0) + 1
+        book.tasks.setdefault(self, self._fn)
         original_set_exception(self, *args)
 
     monkeypatch.setattr(TaskResult, "__init__", recording_init)
@@ -294,9 +298,10 @@ class Probe:
             self.running -= 1
 
 
-def probe_of(msg: TaskResult) -> Probe:
-    """The Probe a message carries: every submission of the machine is one."""
-    task = msg._fn
+def probe_of(ledger: Ledger, msg: TaskResult) -> Probe:
+    """The Probe a message carries (every submission of the machine is one), or carried
+    when it was answered."""
+    task = ledger.tasks.get(msg, msg._fn)
     assert isinstance(task, Probe), task
     return task
 
@@ -551,7 +556,7 @@ class ManagerMachine(RuleBasedStateMachine):
             assert out is None
         else:
             assert isinstance(out, TaskResult)
-            assert out._fn is probe
+            assert probe_of(self.ledger, out) is probe
             self.async_replies.append(out)
 
     @precondition(lambda self: self.family == "keyed")
@@ -637,7 +642,7 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 1000))
     def cancel(self, i: int) -> None:
         reply = self.async_replies[i % len(self.async_replies)]
-        probe = probe_of(reply)
+        probe = probe_of(self.ledger, reply)
         was_ready = reply.ready()
         queued = not was_ready and probe.running == 0
         self.cancelled.add(reply)
@@ -727,11 +732,11 @@ class ManagerMachine(RuleBasedStateMachine):
     # -- invariants ----------------------------------------------------------------------
 
     def _accepted_probes(self) -> set[Probe]:
-        return {probe_of(msg) for msg in self.ledger.msgs}
+        return {probe_of(self.ledger, msg) for msg in self.ledger.msgs}
 
     def _check_outcome(self, msg: TaskResult) -> None:
         """A resolved reply is one the task and the schedule allow."""
-        probe = probe_of(msg)
+        probe = probe_of(self.ledger, msg)
         assert msg.attempts == probe.entries, (msg.attempts, probe.entries)
         assert msg.attempts <= (1 if probe.once else self.max_retries + 1 + msg.retries)
         assert msg.retries <= (0 if probe.once else self.retry_attempts)
@@ -812,7 +817,7 @@ class ManagerMachine(RuleBasedStateMachine):
         )
         assert min(extra) >= 0 and sum(extra) <= in_flight, (extra, in_flight)
         low = sum(msg.attempts - 1 - msg.retries for msg in msgs)
-        probes = [probe_of(msg) for msg in msgs]
+        probes = [probe_of(self.ledger, msg) for msg in msgs]
         high = sum(min(p.unhealthy, self.max_retries) for p in probes if not p.once)
         assert low <= c.retried <= high, (low, c.retried, high)
         # stats() never negative and matches what the probes see.
@@ -833,7 +838,8 @@ class ManagerMachine(RuleBasedStateMachine):
         assert stats.base_workers + stats.burst_workers <= self.max_workers
         delayed = m._mailbox.delayed
         assert stats.delayed_tasks == len(delayed) and all(not msg.ready() for msg in delayed)
-        pending = [msg for msg in msgs if not msg.ready() and not probe_of(msg).running and msg not in delayed]
+        unanswered = [msg for msg in msgs if not msg.ready()]
+        pending = [msg for msg in unanswered if not probe_of(self.ledger, msg).running and msg not in delayed]
         pending_priority = sum(1 for msg in pending if msg._priority)
         if m._core.killing:
             # A kill() still under way (called from inside a collector call, say) may have
@@ -898,7 +904,7 @@ class ManagerMachine(RuleBasedStateMachine):
         for probe in self.probes + self.run_probes:
             probe.gate.set()
         for msg in self.ledger.msgs:  # cooperative tasks end when their reply is cancelled
-            if not msg.ready() and probe_of(msg).kind == "cooperative":
+            if not msg.ready() and probe_of(self.ledger, msg).kind == "cooperative":
                 self.cancelled.add(msg)
                 msg.cancel()
         if self.kill_called:
@@ -923,7 +929,8 @@ class ManagerMachine(RuleBasedStateMachine):
             if m._shutdown.finished.is_set() and all(g.dead for g in waiting):
                 break
             for msg in self.ledger.msgs:  # a cooperative task submitted by a late submitter
-                if not msg.ready() and probe_of(msg).kind == "cooperative" and probe_of(msg).running:
+                probe = probe_of(self.ledger, msg)
+                if not msg.ready() and probe.kind == "cooperative" and probe.running:
                     self.cancelled.add(msg)
                     msg.cancel()
             self.clock.advance(0.5)
@@ -940,7 +947,7 @@ class ManagerMachine(RuleBasedStateMachine):
         self.tally.lost += len(lost)
         assert not lost, f"replies not resolved exactly once: {lost}"
         assert all(book.notified.get(msg) == 1 for msg in book.msgs)
-        by_probe = {probe_of(msg): msg for msg in book.msgs}
+        by_probe = {probe_of(self.ledger, msg): msg for msg in book.msgs}
         # Callbacks: exactly once, with what the reply says.
         for record in self.callbacks:
             msg = by_probe.get(record.probe)

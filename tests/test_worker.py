@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from helpers import Gate, Healthy, Manager, RecordingLogger, Resources, Unhealth
 
 import tasker
 from tasker import TaskManager
+from tasker._message import spent
+from tasker.testing import FakeClock
 
 
 class TestOneResourceForLife:
@@ -337,3 +340,68 @@ class TestContextReuse:
 
             manager.queue_task(cancel_own)
             assert manager.queue_task(lambda ctx, r: ctx.cancelled) is False
+
+
+class Task:
+    """A task whose object and value can be watched by weak references."""
+
+    def __init__(self, fails: bool = False, gate: Gate | None = None) -> None:
+        self.fails = fails
+        self.gate = gate
+
+    def __call__(self, ctx: tasker.Context, resource: object) -> Value:
+        if self.gate is not None:
+            self.gate(ctx, resource)
+        if self.fails:
+            raise Healthy("it fails")
+        return Value()
+
+
+class Value:
+    pass
+
+
+class TestAnAnsweredReplyLetsGoOfItsTask:
+    """A reply the caller keeps does not keep its task alive, nor what the task holds, as a
+    gevent Greenlet lets go of its function once it has run; and a parked worker keeps
+    nothing of its last task (not its value, which the caller may have let go)."""
+
+    @pytest.mark.parametrize("outcome", ["value", "cancelled", "timeout"])
+    def test_the_task_is_freed_once_answered(self, outcome: str) -> None:
+        clock = FakeClock()
+        with Manager(one_worker(Resources(), clock=clock)) as manager:
+            gate = Gate()
+            busy = manager.submit(Task(gate=gate)) if outcome == "cancelled" else None
+            task = Task(gate=gate if outcome == "timeout" else None)
+            ref = weakref.ref(task)
+            reply = manager.submit(task, timeout=1.0 if outcome == "timeout" else None)
+            del task
+            if outcome == "cancelled":
+                assert reply.cancel() is True  # still queued behind the busy worker
+            if outcome == "timeout":
+                assert gate.started.wait(5)
+                clock.advance(1.0)  # answered at once; the task is interrupted
+            gate.release.set()
+            reply.wait(5)
+            assert reply.ready()
+            if busy is not None:
+                busy.get(timeout=5)
+            gevent.idle()  # the hub's callback that woke us still holds the reply: let it end
+            assert ref() is None, "the answered reply (or the parked worker) keeps its task"
+            expected = {"value": type(None), "cancelled": tasker.CancelledError, "timeout": tasker.TaskTimeoutError}
+            assert isinstance(reply.exception, expected[outcome])
+
+    def test_a_failed_reply_lets_go_of_its_task(self) -> None:
+        # What the task's frames held stays reachable from the exception's traceback, as
+        # anywhere in Python; tasker itself lets go of the task.
+        with Manager(one_worker(Resources())) as manager:
+            reply = manager.submit(Task(fails=True))
+            reply.wait(5)
+            assert isinstance(reply.exception, Healthy)
+            assert reply._fn is spent
+
+    def test_a_parked_worker_keeps_no_value(self) -> None:
+        with Manager(one_worker(Resources())) as manager:
+            ref = weakref.ref(manager.submit(Task()).get(timeout=5))  # the reply is let go at once
+            gevent.idle()  # the hub's callback that woke us still holds the reply: let it end
+            assert ref() is None, "the parked worker keeps its last task's value"
