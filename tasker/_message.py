@@ -6,7 +6,7 @@ attempt count, its timestamps, the lane it waits in. Making the envelope and the
 one object saves an allocation and a reference cycle on the hot path. The reply is
 resolved exactly once, by its worker (a success) or ``Core.finish`` (anything else);
 whatever races them (kill, timeout, cancel) finds it ready and leaves it alone. Both
-then let go of the task and its context (``_fn`` becomes :func:`spent`).
+then let go of the task (``_fn`` becomes :func:`spent`).
 """
 
 from __future__ import annotations

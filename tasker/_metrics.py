@@ -136,11 +136,11 @@ class Collector:
         self._cancelled = 0
         self._retried = 0
         self._transient = 0
-        # Not folded in yet: arrival times, and (queued, started, finished) of each completion,
-        # flat. The manager appends to them directly when it shares this collector's clock.
+        # Not folded in yet: arrival times; and each completion's wait (started - queued),
+        # run (finished - started) and finish time, at the same index of three lists, so
+        # the fold subtracts nothing. The manager appends to them directly when it shares
+        # this collector's clock.
         self.pending_arrivals: list[float] = []
-        # A completion's wait (started - queued), run (finished - started) and finish
-        # time, at the same index of three lists: the fold then subtracts nothing.
         self.pending_completions: tuple[list[float], list[float], list[float]] = ([], [], [])
         now = self._clock.now()
         self._arrivals = _RateWindow(window, 20, now)
