@@ -13,7 +13,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import Gate, raising
+from helpers import hold_the_worker, raising
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -481,9 +481,7 @@ class TestDefaultCollectorFedDirectly:
             )
             manager: tasker.TaskManager[int, int] = tasker.TaskManager(config)
             assert manager._core.counts is collector
-            gate = Gate()
-            held = manager.submit(gate)
-            assert gate.started.wait(5)
+            gate, held = hold_the_worker(manager)
             failing = [manager.submit(raising(ValueError(str(i)))) for i in range(3)]
             cancelled = [manager.submit(lambda ctx, r: 0) for _ in range(4)]
             assert all(reply.cancel() for reply in cancelled)
@@ -516,9 +514,7 @@ class TestDefaultCollectorFedDirectly:
         )
         manager: tasker.TaskManager[int, int] = tasker.TaskManager(config)
         assert manager._core.counts is None
-        gate = Gate()
-        held = manager.submit(gate)
-        assert gate.started.wait(5)
+        gate, held = hold_the_worker(manager)
         clock.advance(1.0)
         queued = [manager.submit(lambda ctx, r: 0) for _ in range(3)]
         clock.advance(2.0)
