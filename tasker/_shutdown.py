@@ -41,6 +41,7 @@ from ._message import Interrupt, TaskResult
 from ._pool import ResourcePool
 from ._scaler import Scaler
 from ._supervisor import Supervisor
+from ._worker import Worker
 
 __all__ = ["Deadline", "Shutdown"]
 
@@ -81,6 +82,7 @@ class Shutdown:
         self.kill_timeout = kill_timeout
         core.progressed = self.progressed
         self.stop_called = False
+        self.stop_by: float | None = None  # when a stop(timeout) escalates to kill(), on the clock
         self.kill_called = False
         self.quiet = Event()  # closing, drained, no run_task, no pending callback
         self.finished = Event()
@@ -140,6 +142,8 @@ class Shutdown:
                 "another greenlet (gevent.spawn(manager.stop))"
             )
         self.stop_called = True
+        if timeout is not None:  # a stop resumed by our own greenlet keeps its deadline
+            self.stop_by = self._clock.now() + timeout
         self.excused_callbacks += int(me in self.callback_greenlets)
         try:
             return self._graceful(timeout)
@@ -172,7 +176,7 @@ class Shutdown:
 
     def _resume(self) -> None:
         if not self._core.killing:
-            self._graceful(None)
+            self._graceful(None if self.stop_by is None else max(0.0, self.stop_by - self._clock.now()))
             return
         deadline = self.deadline()
         try:
@@ -270,10 +274,13 @@ class Shutdown:
         ending = [w.greenlet for w in workers if w.greenlet is not me]
         run_callback = core.hub.loop.run_callback
         for worker in workers:
-            if worker.greenlet is not me and not worker.destroying:
+            if worker.greenlet is me or worker.destroying:
+                continue
+            if worker.greenlet.gr_frame is None:  # it has not run yet: its start is cancelled now
                 core.end(worker.greenlet)
-                if worker.greenlet.dead:  # killed before it first ran: it still holds its resource
-                    worker.release()
+                worker.release()  # it still holds the resource it was handed, if any
+            else:
+                run_callback(self._end_worker, worker)
         for greenlet in self._pool.interruptible(me):
             run_callback(self._throw_run_task, greenlet)
         core.ctx.cancel()  # after the interrupts: they land first, and interrupted callers get TaskKilledError
@@ -298,6 +305,20 @@ class Shutdown:
         owed, self.owed = self.owed, []
         for msg in owed:
             self._core.finish(msg, TaskKilledError("interrupted by kill()"), cancelled=True)
+
+    def _end_worker(self, worker: Worker) -> None:
+        """Kill ``worker`` where it is now, unless that is ``on_destroy``, which is never
+        interrupted (kill() waits for it to end).
+
+        Read when the kill lands, not when kill() decides on it: a wake-up scheduled before
+        it (the mailbox closing, a hand-over, a burst worker's retirement) may have taken
+        the worker from its mailbox into ``on_destroy`` since.
+        """
+        greenlet = worker.greenlet
+        if greenlet.dead or worker.destroying:
+            return
+        self._core.ending.add(greenlet)  # its GreenletExit is shutdown's own
+        greenlet.throw(gevent.GreenletExit)  # as gevent's kill() does, without a second callback
 
     def _throw_run_task(self, greenlet: Any) -> None:
         if greenlet in self._pool.running and greenlet not in self._pool.destroying:

@@ -184,7 +184,7 @@ class Supervisor:
                 core.finish(msg, error)
 
     def _schedule_restart(self) -> None:
-        if self._timer is None:
+        if self._timer is None and not self._closed:  # closed by a kill() from the logger just now
             delay = max(0.0, self._next_start - self._core.now())
             self._timer = self._core.clock.call_later(delay, self._inbox.put, _RESTART)
 

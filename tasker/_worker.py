@@ -88,15 +88,17 @@ class Worker:
         return self.resource is not NO_RESOURCE
 
     def _main(self) -> Exit:
-        if self.resource is NO_RESOURCE:
+        created = self.resource is NO_RESOURCE
+        if created:
             try:
                 self.resource = self.core.on_create()
             except (KeyboardInterrupt, SystemExit):
                 raise  # gevent's meaning: they go to the main greenlet
             except BaseException as exc:  # gevent.Timeout, GreenletExit, ...: all get the backoff
                 return Exit("create_failed", exc)
-            self.started_hook(self)
         try:
+            if created:  # it logs, and the logger may yield: a kill() landing there still destroys
+                self.started_hook(self)
             return self._loop()
         finally:
             self.release()

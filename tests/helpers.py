@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import attrs
+import gevent
 from gevent.event import Event
 
 import tasker
@@ -103,6 +104,22 @@ class Resources:
         kwargs.setdefault("worker_count", 2)
         kwargs.setdefault("check_health", check_health)
         return tasker.Config(on_create=self.create, on_destroy=self.destroy, **kwargs)
+
+
+@attrs.define
+class SlowClose(Resources):
+    """Resources whose ``on_destroy`` yields, as a close doing I/O does, and records an interrupt."""
+
+    interrupted: list[int] = attrs.field(factory=list)
+
+    def destroy(self, rid: int) -> None:
+        try:
+            for _ in range(3):
+                gevent.sleep(0)
+        except BaseException:
+            self.interrupted.append(rid)
+            raise
+        super().destroy(rid)
 
 
 @attrs.define

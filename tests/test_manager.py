@@ -19,6 +19,7 @@ from helpers import (
     Manager,
     RecordingLogger,
     Resources,
+    SlowClose,
     Unhealthy,
     catching,
     hold_the_worker,
@@ -618,6 +619,25 @@ class TestStop:
         assert caller.get() == "answered"
         assert stopper.get() is True
 
+    def test_a_stop_whose_caller_is_killed_keeps_its_timeout(self) -> None:
+        """Regression: our own greenlet finished the shutdown with no timeout, so a task that
+        never ended kept its caller, its resource and the manager forever."""
+        res = Resources()
+        clock = FakeClock()
+        manager: Manager = TaskManager(one_worker(res, clock=clock, kill_timeout=0.5))
+        _, held = hold_the_worker(manager)  # never released: only kill() ends it
+        stopper = gevent.spawn(manager.stop, timeout=1.0)
+        gevent.idle()
+        clock.advance(0.4)
+        stopper.kill()  # its caller's greenlet ends halfway, 0.6 s before the timeout
+        assert not manager._shutdown.finished.is_set()
+        clock.advance(0.6 - 1e-6)
+        assert not held.ready()  # not escalated before the timeout
+        clock.advance(2e-6)
+        assert isinstance(held.exception, TaskKilledError)
+        assert manager._shutdown.finished.wait(5)
+        res.assert_all_destroyed_once()
+
 
 class TestKill:
     """kill() fails queued messages, interrupts running tasks, and escalates a stop() in progress."""
@@ -700,6 +720,21 @@ class TestKill:
         assert after == ["kill() returned into the task"]
         assert isinstance(other.exception, TaskKilledError)
         assert isinstance(queued.exception, TaskKilledError)
+        assert_ended(manager, res)
+
+    @pytest.mark.parametrize("where", ["parked", "handed a message"])
+    def test_kill_never_interrupts_a_workers_on_destroy(self, where: str) -> None:
+        """Regression: the wake-up that closing the mailbox (or a hand-over) scheduled took the
+        worker into on_destroy, and kill()'s GreenletExit, scheduled after it, landed there."""
+        res = SlowClose()
+        manager: Manager = TaskManager(one_worker(res))
+        gevent.idle()  # the worker parks
+        reply = manager.submit(returning(1)) if where == "handed a message" else None
+        manager.kill()
+        assert res.interrupted == []
+        assert res.destroyed == [1]
+        if reply is not None:
+            assert isinstance(reply.exception, TaskKilledError)
         assert_ended(manager, res)
 
     def test_stop_from_inside_a_task_raises_instead_of_deadlocking(self) -> None:

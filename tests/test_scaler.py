@@ -14,7 +14,7 @@ import attrs
 import gevent
 import pytest
 from gevent.event import Event
-from helpers import BrokenCollector, Gate, Manager, RecordingLogger, Resources, Unhealthy, check_health
+from helpers import BrokenCollector, Gate, Manager, RecordingLogger, Resources, SlowClose, Unhealthy, check_health
 
 import tasker
 from tasker import TaskManager, TaskMetrics
@@ -204,6 +204,28 @@ class TestNoBurstWhileIdle:
 
 class TestScaleDown:
     """Burst workers idle for burst_linger retire, and their resources are destroyed exactly once."""
+
+    def test_kill_as_a_burst_worker_retires_leaves_its_on_destroy_alone(self, clock: FakeClock) -> None:
+        """Regression: kill()'s GreenletExit landed in the on_destroy that the retirement,
+        scheduled just before it, had taken the burst worker into."""
+        resources = SlowClose()
+        manager: TaskManager[int, Any]
+
+        class Killing(RecordingLogger):
+            def debug(self, msg: str, *args: Any) -> None:
+                super().debug(msg, *args)
+                if "retired" in msg:
+                    manager.kill()
+
+        manager = start(resources, clock, worker_count=1, max_worker_count=2, burst_linger=0.2, logger=Killing())
+        load = Load(manager, 2)
+        tick(clock)
+        assert burst(manager) == 1
+        load.finish()
+        tick(clock, 4)
+        assert manager._shutdown.finished.is_set()
+        assert resources.interrupted == []
+        resources.assert_all_destroyed_once()
 
     @pytest.mark.parametrize("linger", [None, 0.5, 2.0])
     def test_idle_burst_workers_retire_after_the_linger(

@@ -463,3 +463,45 @@ class TestShutdownDuringBackoff:
         assert all(isinstance(reply.exception, tasker.TaskKilledError) for reply in queued), queued
         assert clock.sleepers == 0
         resources.assert_all_destroyed_once()
+
+    def test_kill_from_the_backoff_warning_leaves_no_restart_timer(self) -> None:
+        """Regression: the supervisor armed its restart timer after the logger's kill() had
+        closed it, and the timer outlived the manager."""
+        clock = FakeClock()
+        resources = FailingResources(fail_on={2})
+        manager: Manager
+
+        class Killing(RecordingLogger):
+            def warning(self, msg: str, *args: Any) -> None:
+                super().warning(msg, *args)
+                if "retrying with backoff" in msg:
+                    manager.kill()
+
+        manager = TaskManager(one_worker(resources, clock=clock, logger=Killing(), max_retries=0))
+        retire_the_only_worker(manager)
+        assert manager._shutdown.finished.is_set()
+        assert clock.sleepers == 0
+        resources.assert_all_destroyed_once()
+
+    def test_kill_while_the_logger_blocks_in_works_again(self) -> None:
+        """Regression: a worker killed in its "on_create works again" log, after on_create
+        returned but before its loop began, never destroyed its resource."""
+        clock = FakeClock()
+        resources = FailingResources(fail_on={2})
+        in_log, never = Event(), Event()
+
+        class Blocking(RecordingLogger):
+            def info(self, msg: str, *args: Any) -> None:
+                super().info(msg, *args)
+                if "works again" in msg:
+                    in_log.set()
+                    never.wait()  # a handler doing I/O that does not come back
+
+        manager: Manager = TaskManager(one_worker(resources, clock=clock, logger=Blocking(), max_retries=0))
+        retire_the_only_worker(manager)
+        advance_to(clock, 0.05 + EPS)  # call 3 works; its worker logs the recovery
+        assert in_log.wait(5)
+        assert resources.created == [1, 2]  # ids count the resources made
+        manager.kill()
+        resources.assert_all_destroyed_once()
+
