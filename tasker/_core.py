@@ -235,21 +235,23 @@ class Core:
             return False
         if msg._ctx is not None and msg._ctx.cancelled:
             return False
+        retries = msg.retries
+        # The user's code, run in the worker: the predicate, a retry_after property, the random source.
         try:
-            retryable = policy.retries(exc)  # the user's predicate, run in the worker
+            retryable = policy.retries(exc)
+            delay = policy.delay(exc, retries) if retryable and retries < policy.attempts else None
         except BaseException as error:
             self.survive(error)
-            self.log("error", "tasker: RetryPolicy.retry_on raised %r; not retrying", error)
-            retryable = False
-        if not retryable or self.killing or msg.ready():  # kill() came while the predicate ran
+            self.log("error", "tasker: RetryPolicy raised %r; not retrying", error)
             return False
-        retries = msg.retries
+        # It may have yielded: a kill(), a timeout or a cancel() may have come meanwhile.
+        if not retryable or self.killing or msg.ready() or (msg._ctx is not None and msg._ctx.cancelled):
+            return False
         if retries >= policy.attempts:
             if not retries:
                 return False  # attempts=0: the caller gets its own error
             self.finish(msg, RetriesExhaustedError(msg._attempts, exc))
             return True
-        delay = policy.delay(exc, retries)
         if delay is None:  # a retry_after hint longer than the policy waits
             return False
         if extra is None:

@@ -355,8 +355,11 @@ class Mailbox:
     def _undelay(self, msg: TaskResult) -> None:
         if self.delayed.pop(msg, None) is None:
             return
-        (self.priority if msg._priority else self.main).delayed -= 1
+        lane = self.priority if msg._priority else self.main
+        lane.delayed -= 1
         self._put_gated(msg, front=True)
+        if lane.waiters and lane.size() < (self.max_size or 0):  # handed straight to a worker: room
+            self.wake_one(lane)
 
     def key_in_flight(self, top: int) -> tuple[tuple[Hashable, int], ...]:
         """The ``top`` keys with the most messages in flight, most first."""

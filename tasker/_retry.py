@@ -93,13 +93,15 @@ class RetryPolicy:
     """Seconds: the backoff cap of the first retry (doubled for each retry after it)."""
     max_delay: float = attrs.field(default=30.0, validator=_seconds)
     """Seconds: the cap of the exponential backoff."""
-    jitter: bool = attrs.field(default=True)
+    jitter: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     """Full jitter: wait a uniform random fraction of the capped backoff. False waits the
     whole capped backoff (deterministic)."""
     max_retry_after: float = attrs.field(default=300.0, validator=_seconds)
     """Seconds: the longest ``retry_after`` hint honoured; a longer one is not waited for
     (the caller gets the error)."""
-    random: Callable[[], float] = attrs.field(default=random.random, eq=False, repr=False)
+    random: Callable[[], float] = attrs.field(
+        default=random.random, eq=False, repr=False, validator=attrs.validators.is_callable()
+    )
     """The random source of the jitter, a float in [0, 1): inject one for exact tests."""
 
     def retries(self, exc: BaseException) -> bool:
@@ -119,4 +121,9 @@ class RetryPolicy:
         if hint is not None:
             return hint if hint <= self.max_retry_after else None
         cap = min(self.max_delay, self.base_delay * 2.0 ** min(retries, 60))
-        return cap * self.random() if self.jitter else cap
+        if not self.jitter:
+            return cap
+        fraction = self.random()
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ValueError(f"RetryPolicy.random must return a number in [0, 1], got {fraction!r}")
+        return cap * fraction

@@ -14,7 +14,7 @@ import gevent
 import pytest
 from conftest import manager_greenlets
 from gevent.event import Event
-from helpers import Gate, RecordingLogger, Resources, Unhealthy
+from helpers import Gate, RecordingLogger, Resources, Unhealthy, raising
 
 import tasker
 from tasker import ResourceCreationError, TaskKilledError, TaskManager
@@ -724,10 +724,94 @@ class TestRetryPredicateRaises:
         failed = manager.submit(lambda ctx, r: (_ for _ in ()).throw(KeyError("own")))
         with pytest.raises(KeyError, match="own"):
             failed.get(timeout=5)
-        assert logger.count("error", "RetryPolicy.retry_on raised") == 1
+        assert logger.count("error", "RetryPolicy raised") == 1
         assert manager.queue_task(lambda ctx, r: "still served") == "still served"
         assert len(res.created) == 2  # the pool's and the worker's: no replacement was needed
         finish(manager, res)
+
+
+class Busy(Exception):
+    """A transient failure a RetryPolicy retries."""
+
+
+class TestRetryPolicyUserCode:
+    """The rest of a RetryPolicy's user code: the random source and a ``retry_after``
+    property. Whatever they raise or return, the caller gets its own error; a cancel()
+    or kill() that comes while they run wins."""
+
+    @pytest.mark.parametrize("case", ["random raises", "retry_after raises", "nan", "inf", "2.0", "a string"])
+    def test_not_retried_and_the_caller_gets_its_own_error(self, case: str) -> None:
+        res = Resources()
+        logger = RecordingLogger()
+        draws = {"nan": float("nan"), "inf": float("inf"), "2.0": 2.0, "a string": "0.5"}
+
+        def draw() -> Any:
+            if case == "random raises":
+                raise RuntimeError("the random source broke")
+            return draws.get(case, 0.5)
+
+        class Hinted(Busy):
+            @property
+            def retry_after(self) -> float:
+                raise ValueError("cannot parse the Retry-After header")
+
+        error = Hinted() if case == "retry_after raises" else Busy()
+        policy = tasker.RetryPolicy(retry_on=(Busy,), random=draw)
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, retry=policy, logger=logger))
+        reply = manager.submit(raising(error))
+        reply.wait(5)
+        assert reply.exception is error
+        assert logger.count("error", "RetryPolicy raised") == 1
+        assert manager.stats().delayed_tasks == 0
+        assert manager.queue_task(lambda ctx, r: "still served") == "still served"
+        assert len(res.created) == 2  # the pool's and the worker's: no replacement was needed
+        finish(manager, res)
+
+    def test_a_cancel_while_the_predicate_yields_is_not_retried(self) -> None:
+        res = Resources()
+        in_predicate, go = Event(), Event()
+        runs: list[int] = []
+
+        def retry_on(exc: BaseException) -> bool:
+            in_predicate.set()
+            go.wait()  # looks the error up somewhere
+            return True
+
+        def task(ctx: tasker.Context, r: int) -> str:
+            runs.append(r)
+            raise Busy()
+
+        policy = tasker.RetryPolicy(retry_on=retry_on, base_delay=0.0)
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, retry=policy))
+        reply = manager.submit(task)
+        assert in_predicate.wait(5)
+        assert reply.cancel() is True
+        go.set()
+        reply.wait(5)
+        assert isinstance(reply.exception, Busy)
+        assert runs == [runs[0]]  # not run again
+        assert manager.stats().delayed_tasks == 0
+        finish(manager, res)
+
+    def test_kill_from_the_random_source_leaves_nothing_behind(self) -> None:
+        res = Resources()
+        clock = FakeClock()
+        manager: Manager
+
+        def draw() -> float:
+            manager.kill()
+            return 0.5
+
+        policy = tasker.RetryPolicy(retry_on=(Busy,), base_delay=10.0, random=draw)
+        manager = TaskManager(res.config(worker_count=1, max_worker_count=1, retry=policy, clock=clock))
+        reply = manager.submit(raising(Busy()))
+        clock.advance(0)
+        assert isinstance(reply.exception, tasker.TaskKilledError)
+        assert manager._shutdown.finished.is_set()
+        assert clock.sleepers == 0  # no retry timer outlives the manager
+        gevent.idle()
+        assert manager_greenlets(manager) == []
+        res.assert_all_destroyed_once()
 
 
 class TestKillFromTheLoggerWhileThePoolIsDestroyed:

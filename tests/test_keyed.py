@@ -386,6 +386,19 @@ class TestWaitingMessagesAreQueuedMessages:
             assert reply.cancel()
             assert m.submit(lambda ctx, r: 1, block=False).get() == 1
 
+    def test_a_submitter_waiting_for_room_gets_it_when_the_delayed_message_runs(self) -> None:
+        """Regression: the delayed message went straight to a parked worker, its room went
+        to nobody, and the submitter waiting for it waited forever."""
+        clock, resources = FakeClock(), Resources()
+        with manager_on(clock, resources, worker_count=1, max_queue_size=1) as m:
+            reply = self.delayed(m, clock, delay=1.0)
+            waiter = gevent.spawn(m.submit, lambda ctx, r: "room")
+            clock.advance(0)
+            assert m.stats().blocked_submitters == 1
+            clock.advance(1.0)
+            assert reply.get() == "late"
+            assert waiter.get().get() == "room"
+
 
 class TestConfig:
     """The new Config fields refuse bad values at construction."""
