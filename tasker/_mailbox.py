@@ -188,8 +188,12 @@ class Mailbox:
         return self.main.size() + self.priority.size()
 
     def eligible(self) -> int:
-        """Messages a worker could take now (the scaler's backlog)."""
-        return len(self.main) + len(self.priority)
+        """Messages a worker could take now (the scaler's backlog): no more than the
+        global rate has tokens for, since a worker started for the others would only park."""
+        count = len(self.main) + len(self.priority)
+        if count and self.throttle is not None:
+            return min(count, self.throttle.tokens(self._now()))
+        return count
 
     def put(self, msg: TaskResult, front: bool = False) -> None:
         """Hand ``msg`` to the most recently parked worker, or queue it in its lane."""
@@ -258,7 +262,10 @@ class Mailbox:
 
         Returns True if it was handed to a worker.
         """
-        if (self.idle or self.idle_burst) and (self.throttle is None or self.throttle.take(self._now())):
+        throttle = self.throttle
+        if (self.idle or self.idle_burst) and (
+            throttle is None or (not self.priority.items and not self.main.items and throttle.take(self._now()))
+        ):  # messages waiting for the rate's next token go before this one: it waits behind them
             self._hand(self.idle.pop() if self.idle else self.idle_burst.pop(), msg)
             return True
         lane = self.priority if msg._priority else self.main
@@ -266,8 +273,13 @@ class Mailbox:
             lane.appendleft(msg)
         else:
             lane.append(msg)
-        if self.throttle is not None and (self.idle or self.idle_burst):
-            self._await_token()
+        if throttle is not None and (self.idle or self.idle_burst):
+            if throttle.wait(self._now()):
+                self._await_token()
+            else:  # a token is due, its timer not run yet: the heads of the lanes take it now, in order
+                if self._throttle_timer is not None:
+                    self._throttle_timer.cancel()
+                self._on_token()
         return False
 
     def _hand(self, worker: Worker, msg: TaskResult) -> None:
@@ -282,7 +294,8 @@ class Mailbox:
         """The key table moved ``msg`` from its key's backlog: it is eligible now."""
         lane = self.priority if msg._priority else self.main
         lane.blocked -= 1
-        if self._ready(msg) and lane.waiters:
+        # One that ran before (a retry or a redelivery) goes back to the head of its lane.
+        if self._ready(msg, front=msg._attempts > 0) and lane.waiters:
             self.wake_one(lane)
 
     def _take_gated(self, worker: Worker) -> TaskResult | None:

@@ -75,6 +75,10 @@ class TokenBucket:
             return True
         return False
 
+    def tokens(self, now: float) -> int:
+        """Whole tokens there at ``now``: how many dispatches could go at once."""
+        return int(self._refill(now) + _EPS)
+
     def wait(self, now: float) -> float:
         """Seconds from ``now`` until a token is there (0.0 if one is)."""
         missing = 1.0 - self._refill(now)

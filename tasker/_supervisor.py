@@ -117,7 +117,6 @@ class Supervisor:
             worker.starting = False
             self.starting -= 1
         core = self._core
-        core.mailbox.release(worker)  # before any redelivery: its key slot is free
         outcome = greenlet.value if greenlet.successful() else None
         if not isinstance(outcome, Exit):
             outcome = Exit("crashed", greenlet.exception)
@@ -136,6 +135,9 @@ class Supervisor:
             elif msg is not None:  # it crashed while a message was assigned to it
                 core.finish(msg, TaskKilledError(f"worker crashed: {outcome.error!r}"))
             self._replace(worker)
+        # Only now is its key slot free: a message put back above went to the head of its
+        # key's backlog, so it takes the slot before the messages of its key that came later.
+        core.mailbox.release(worker)
         if outcome.reason in ("unhealthy", "broken", "crashed"):
             core.log("warning", "tasker: retired a worker after %r", outcome.error)
 

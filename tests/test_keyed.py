@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -105,6 +104,27 @@ class TestPerKeyConcurrency:
         assert max(p.get("a", 0) for p in peaks) == 2 and max(p.get("big", 0) for p in peaks) == 3
         resources.assert_all_destroyed_once()
 
+    def test_a_redelivery_goes_before_the_later_messages_of_its_key(self) -> None:
+        """Regression: the failed worker's key slot was freed before the redelivery, and a
+        later message of the key took it: redelivered messages go first, keyed or not."""
+        clock, resources = FakeClock(), Resources()
+        order: list[str] = []
+
+        def task(name: str) -> Callable[[tasker.Context, int], str]:
+            def run(ctx: tasker.Context, resource: int) -> str:
+                order.append(name)
+                if order == ["A"]:
+                    raise Unhealthy("the first run of A")
+                return name
+
+            return run
+
+        with manager_on(clock, resources, worker_count=2, key_concurrency=1, max_retries=1) as m:
+            replies = [m.submit(task(name), key="k") for name in "AB"]
+            run_until(clock, lambda: all(r.ready() for r in replies))
+            assert [r.get() for r in replies] == ["A", "B"]
+        assert order == ["A", "A", "B"]
+
     def test_a_full_key_does_not_block_other_keys(self) -> None:
         """No head-of-line blocking: the messages behind a full key's are served."""
         clock, resources = FakeClock(), Resources()
@@ -168,6 +188,30 @@ class TestRateLimits:
         starts = [round(t, 6) for t, _ in probe.starts]
         assert starts == [0.0, 0.0] + [round(0.1 * i, 6) for i in range(1, 11)]
 
+    def test_a_submission_does_not_overtake_the_messages_waiting_for_the_token(self) -> None:
+        """Regression: a submission made once the next token was due, before its timer ran,
+        went straight to the parked worker, ahead of the priority and main messages waiting."""
+        clock, resources = FakeClock(), Resources()
+        order: list[str] = []
+
+        def note(name: str) -> Callable[[tasker.Context, int], None]:
+            return lambda ctx, r: order.append(name)
+
+        with manager_on(clock, resources, worker_count=1, rate_limit=RateLimit(10.0)) as m:
+
+            def late() -> None:
+                clock.sleep(0.1)  # wakes as the next token is due, before the token's own timer
+                m.submit(note("main-late"))
+
+            gevent.spawn(late)
+            clock.advance(0)
+            m.submit(note("first"))  # the one token
+            clock.advance(0)
+            m.submit(note("main-early"))
+            m.submit(note("priority"), priority=True)
+            run_until(clock, lambda: len(order) == 4)
+        assert order == ["first", "priority", "main-early", "main-late"]
+
     def test_per_key_rate_with_a_global_rate_over_it(self) -> None:
         clock, resources = FakeClock(), Resources()
         probe = InFlight(clock)
@@ -178,8 +222,9 @@ class TestRateLimits:
         per_key: dict[str, list[float]] = {}
         for t, k in probe.starts:
             per_key.setdefault(k, []).append(t)
-        for times in per_key.values():  # one per second per key
-            assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times))
+        for times in per_key.values():  # the documented bound, burst + 1 + rate * T starts in T s:
+            assert all(times[i + 2] - times[i] >= 1.0 - 1e-9 for i in range(len(times) - 2))  # 3 need 1 s
+            assert times[2] >= 2.0 - 1e-9  # and its third token came at 2 s at the earliest
         everything = sorted(t for t, _ in probe.starts)
         for i in range(len(everything) - 4):  # never 5 starts within a second globally
             assert everything[i + 4] - everything[i] >= 0.75 - 1e-9

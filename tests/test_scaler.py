@@ -132,6 +132,22 @@ class TestScaleUp:
         load.stop()
         resources.assert_all_destroyed_once()
 
+    def test_no_burst_worker_for_messages_waiting_for_the_global_token(
+        self, clock: FakeClock, resources: Resources
+    ) -> None:
+        """Regression: the backlog counted messages the global rate held back; the burst
+        workers started for them parked, retired and were started again, over and over."""
+        manager = start(resources, clock, worker_count=1, max_worker_count=4, rate_limit=tasker.RateLimit(0.05))
+        load = Load(manager, 1)  # takes the one token, and the base worker
+        quick = [manager.submit(lambda ctx, r: "quick") for _ in range(5)]
+        tick(clock, 150)  # 15 s, and no token yet
+        assert resources.calls == 1 and burst(manager) == 0
+        tick(clock, 51)  # a token at 20 s: one worker can use it
+        assert resources.calls == 2 and quick[0].get() == "quick"
+        assert not any(r.ready() for r in quick[1:])
+        load.finish()
+        manager.kill()
+
     def test_never_more_burst_workers_than_the_backlog(self, clock: FakeClock, resources: Resources) -> None:
         manager = start(resources, clock, worker_count=2, max_worker_count=10)  # step 4
         load = Load(manager, 3)  # two run, one waits
