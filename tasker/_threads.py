@@ -12,10 +12,11 @@ loop (blocked in any gevent wait) for the hand-off to be served.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import gevent
+from gevent._hub_local import get_hub_if_exists  # gevent's own test for "this thread has a hub"
 from gevent.event import AsyncResult
 from gevent.monkey import get_original
 
@@ -24,6 +25,29 @@ from ._message import TaskResult
 __all__ = ["ThreadTaskResult", "call_in_hub", "get_ident"]
 
 get_ident: Callable[[], int] = get_original("_thread", "get_ident")  # the OS thread, even when patched
+_allocate_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
+
+
+def _wait_natively(hub: Any, result: AsyncResult, timeout: float | None = None) -> bool:
+    """Block this OS thread, which has no gevent hub, until ``result`` (of ``hub``'s thread) is ready.
+
+    A thread with no hub would get one from a gevent wait, and a hub that waited on
+    another thread's ``AsyncResult`` is never freed when its thread ends (its loop and
+    two file descriptors stay): a thread per request would run out of descriptors. A
+    native lock, released by a link run in ``hub``'s thread, needs no hub here.
+    Returns whether ``result`` is ready (False: ``timeout`` passed).
+    """
+    lock = _allocate_lock()
+    lock.acquire()
+
+    def release(_: Any) -> None:
+        lock.release()
+
+    hub.loop.run_callback_threadsafe(result.rawlink, release)
+    ready: bool = lock.acquire(True, -1 if timeout is None else max(0.0, timeout))
+    if not ready:
+        hub.loop.run_callback_threadsafe(result.unlink, release)
+    return ready
 
 
 @contextmanager
@@ -62,9 +86,13 @@ def call_in_hub(hub: Any, fn: Callable[..., Any], *args: Any, withdraw: bool = F
         except BaseException as exc:
             outcome.set_exception(exc)
 
-    with _loop_kept_alive():
+    native = get_hub_if_exists() is None
+    with nullcontext() if native else _loop_kept_alive():
         hub.loop.run_callback_threadsafe(lambda: runner.append(gevent.spawn(run)))
         try:
+            if native:
+                _wait_natively(hub, outcome)
+                return outcome.get(block=False)
             return outcome.get()
         except BaseException as exc:
             if withdraw and not (outcome.ready() and exc is outcome.exception):  # not fn's own error
@@ -93,12 +121,19 @@ class ThreadTaskResult(TaskResult):
     __slots__ = ()
 
     def wait(self, timeout: float | None = None) -> Any:
+        if get_hub_if_exists() is None:
+            self.ready() or _wait_natively(self._spec[3].hub, self, timeout)
+            return self.value
         with _loop_kept_alive():
             return TaskResult.wait(self, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         if not block:
             return TaskResult.get(self, block, timeout)
+        if get_hub_if_exists() is None:
+            if not (self.ready() or _wait_natively(self._spec[3].hub, self, timeout)):
+                raise gevent.Timeout()  # what gevent's get() raises when its timeout passes (no timer: no hub)
+            return TaskResult.get(self, False)
         with _loop_kept_alive():
             return TaskResult.get(self, block, timeout)
 

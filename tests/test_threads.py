@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 import gevent
 import pytest
 from conftest import manager_greenlets
+from gevent._hub_local import get_hub_if_exists
 from gevent.event import Event
 from helpers import Resources, hold_the_worker
 
@@ -29,13 +31,15 @@ def in_thread(kind: str, fn: Callable[[], Any]) -> Any:
 
     def body() -> None:
         try:
+            if kind == "hub":
+                gevent.get_hub()  # a thread that runs gevent itself: its waits are gevent waits
             box.append(("value", fn()))
         except BaseException as exc:
             box.append(("error", exc))
         finally:
             hub.loop.run_callback_threadsafe(done.set)
 
-    if kind == "threading":
+    if kind in ("threading", "hub"):
         threading.Thread(target=body, daemon=True).start()
     else:
         hub.threadpool.spawn(body)
@@ -50,7 +54,7 @@ def whose_thread(ctx: tasker.Context, resource: int) -> int:
     return threading.get_ident()
 
 
-@pytest.fixture(params=["threading", "threadpool"])
+@pytest.fixture(params=["threading", "threadpool", "hub"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -137,6 +141,43 @@ class TestFromAnotherThread:
         assert manager.metrics().total_tasks_cancelled == 10
         assert manager.stop() is True
         res.assert_all_destroyed_once()
+
+
+class TestAThreadWithoutAHub:
+    """A thread that has no gevent hub waits on a native lock and gets no hub: a hub that
+    waited on another thread's reply is never freed, and its loop's file descriptors with
+    it, so a thread per request would run out of them."""
+
+    def test_every_wait_works_and_makes_no_hub(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1))
+        release = Event()
+
+        def calls() -> list[Any]:
+            held = manager.submit(lambda ctx, r: release.wait(5) and "late")
+            seen: list[Any] = []
+            try:
+                held.get(timeout=0.01)
+            except gevent.Timeout as exc:
+                seen.append(type(exc))
+            seen.append(held.wait(0.01))
+            manager._core.hub.loop.run_callback_threadsafe(release.set)
+            seen += [held.get(), held.wait(), manager.queue_task(lambda ctx, r: "queued")]
+            seen += [manager.run_task(lambda ctx, r: "run"), get_hub_if_exists()]
+            return seen
+
+        assert in_thread("threading", calls) == [gevent.Timeout, None, "late", "late", "queued", "run", None]
+        assert manager.stop() is True
+
+    @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+    def test_threads_that_come_and_go_leave_no_file_descriptors(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=2))
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(50):
+            assert in_thread("threading", lambda i=i: manager.queue_task(lambda ctx, r: i)) == i
+        assert len(os.listdir("/proc/self/fd")) - before < 10  # two a thread before
+        assert manager.stop() is True
 
 
 class Caller:
