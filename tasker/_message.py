@@ -28,6 +28,8 @@ __all__ = ["Extra", "Interrupt", "Spec", "TaskResult", "spent"]
 class Canceller(Protocol):
     """Where ``TaskResult.cancel()`` goes: the core of the manager that made the message."""
 
+    hub: Any  # the manager's hub: a thread waits on the reply through it
+
     def cancel(self, msg: TaskResult) -> bool: ...
 
     def cancel_all(self, msgs: deque[TaskResult]) -> None: ...

@@ -45,6 +45,8 @@ class Named:
 class NoCancel:
     """The canceller of a bare message: these tests withdraw through the mailbox, not ``cancel()``."""
 
+    hub: Any = None  # no thread waits on a bare message
+
     def cancel(self, msg: TaskResult) -> bool:
         raise AssertionError("a bare message is never cancelled through its reply")
 

@@ -174,8 +174,8 @@ class TestAThreadWithoutAHub:
         res = Resources()
         manager: Manager = TaskManager(res.config(worker_count=2))
         before = len(os.listdir("/proc/self/fd"))
-        for i in range(50):
-            assert in_thread("threading", lambda i=i: manager.queue_task(lambda ctx, r: i)) == i
+        for _ in range(50):
+            assert in_thread("threading", lambda: manager.queue_task(whose_thread)) == threading.get_ident()
         assert len(os.listdir("/proc/self/fd")) - before < 10  # two a thread before
         assert manager.stop() is True
 
