@@ -138,8 +138,8 @@ class Shutdown:
         if me in self._supervisor.workers or me in self._pool.running or me is self._supervisor.greenlet:
             raise RuntimeError(
                 "stop() called from inside this manager (a task, a hook, run_task, or the logger or "
-                "collector in one of its actors) would wait for itself; call kill(), or stop() from "
-                "another greenlet (gevent.spawn(manager.stop))"
+                "collector in a worker or the supervisor) would wait for itself; call kill(), or stop() "
+                "from another greenlet (gevent.spawn(manager.stop))"
             )
         self.stop_called = True
         if timeout is not None:  # a stop resumed by our own greenlet keeps its deadline
