@@ -82,6 +82,24 @@ class TestFailureTable:
         assert retry["countdown"] == 0 and retry["max_retries"] == 4  # a shutdown uses up no retry
         assert isinstance(retry["exc"], tasker.ManagerStoppedError)
 
+    @pytest.mark.parametrize("error", [tasker.ManagerStoppedError, tasker.TaskKilledError, tasker.QueueFullError])
+    def test_the_jobs_own_tasker_error_is_a_failure(self, integration: Integration[str], error: type) -> None:
+        """Raised by another manager the job uses, it says nothing about this worker: no requeue loop."""
+
+        def job(ctx: tasker.Context, resource: str) -> None:
+            raise error("from another manager")
+
+        task = StubTask(acks_late=True)
+        with pytest.raises(error):
+            integration.call(task, job)
+        assert task.retried == []
+
+        @integration.batch_task(name=f"unit.own_{error.__name__}")
+        def batch(ctx: tasker.Context, resource: str, n: int) -> None:
+            job(ctx, resource)
+
+        assert batch.run([1]) == [{"error": repr(error("from another manager"))}]
+
     def test_unhealthy_to_the_end_retries_with_backoff(self) -> None:
         integration = make_integration(check_health=lambda exc: False, max_retries=1)
         integration.start()

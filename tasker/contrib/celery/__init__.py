@@ -21,12 +21,13 @@ tasks on a warm shutdown, and kills it on a cold one::
 
 How tasker's errors map onto Celery:
 
-- ``ManagerStoppedError``, ``TaskKilledError``, ``QueueFullError``, or killed by a cold
-  shutdown: requeued for another worker (``Reject(requeue=True)`` with ``acks_late``,
-  else a retry with no countdown);
+- ``ManagerStoppedError``, ``TaskKilledError``, ``QueueFullError`` from this worker's
+  manager, or killed by a cold shutdown: requeued for another worker
+  (``Reject(requeue=True)`` with ``acks_late``, else a retry with no countdown);
 - ``RetriesExhaustedError``, ``ResourceCreationError``: a retry with exponential
   backoff, within the task's own ``max_retries``;
-- the task's own exception, ``TaskTimeoutError``: an ordinary failure.
+- the task's own exception, of any type (a tasker error from another manager too),
+  ``TaskTimeoutError``: an ordinary failure.
 
 The Celery recipe of the docs (``docs/recipes/celery.md``) has the same table.
 

@@ -70,7 +70,7 @@ def run(
         if box.done or integration._killed_after(box, exc):
             done[index] = {"ok": box.value}  # it finished while a kill was under way
             return
-        kind = classify(exc)
+        kind = box.kind(exc)
         if kind == "fail":
             done[index] = _error(exc)
         else:

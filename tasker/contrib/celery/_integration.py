@@ -14,7 +14,7 @@ from gevent.event import Event
 from ... import Config, Context, ManagerStoppedError, TaskKilledError, TaskManager
 from . import _batch
 from ._internals import cold_shutdown_started, green_cold_shutdown
-from ._outcomes import Backoff, classify, requeue, retry_later
+from ._outcomes import Backoff, Kind, classify, requeue, retry_later
 from ._restore import Restorer
 from ._worker import PoolKind, make_step
 
@@ -228,8 +228,8 @@ class Integration(Generic[R]):
         box = Finished()
         try:
             reply = self.manager.submit(box.wrap(fn), timeout=timeout, priority=priority)
-        except Exception as exc:
-            self._reraise(task, exc)
+        except Exception as exc:  # refused by our manager (stopped, full), or a bad argument
+            self._reraise(task, exc, classify(exc))
         try:
             value: E = reply.get()
         except gevent.GreenletExit as exc:
@@ -243,7 +243,7 @@ class Integration(Generic[R]):
         except Exception as exc:
             if self._killed_after(box, exc):
                 return box.value  # type: ignore[no-any-return]
-            self._reraise(task, exc)
+            self._reraise(task, exc, box.kind(exc))
         except BaseException:  # Celery's time limit (a gevent.Timeout), ...: the job must not run on
             reply.cancel()
             raise
@@ -257,14 +257,13 @@ class Integration(Generic[R]):
         are dead, and a job can still finish in between. Once the kill is over, ``box``
         tells the truth; a job that did its work must not be requeued.
         """
-        if not isinstance(exc, TaskKilledError):
+        if not isinstance(exc, TaskKilledError) or exc is box.raised:
             return False
         if self._closed:  # our stop() or kill(): wait until it is over
             self._ended.wait()
         return box.done
 
-    def _reraise(self, task: Any, exc: Exception) -> None:
-        kind = classify(exc)
+    def _reraise(self, task: Any, exc: Exception, kind: Kind) -> None:
         if kind == "requeue":
             requeue(task, exc)
         if kind == "retry":
@@ -317,21 +316,39 @@ class Integration(Generic[R]):
 
 
 class Finished:
-    """Whether a job's function returned, and its value: the truth when its reply cannot tell."""
+    """Whether a job's function returned, and its value, or what it raised itself: the
+    truth when its reply cannot tell."""
 
-    __slots__ = ("done", "value")
+    __slots__ = ("done", "raised", "value")
 
     def __init__(self) -> None:
         self.done = False
         self.value: Any = None
+        self.raised: Exception | None = None
 
     def wrap(self, fn: Callable[[Context, Any], Any]) -> Callable[[Context, Any], Any]:
         def job(ctx: Context, resource: Any) -> Any:
-            value = fn(ctx, resource)
+            try:
+                value = fn(ctx, resource)
+            except Exception as exc:
+                self.raised = exc
+                raise
             self.value, self.done = value, True
             return value
 
         return job
+
+    def kind(self, exc: BaseException) -> Kind:
+        """What the reply's ``exc`` means for the message.
+
+        The job's own exception is an ordinary failure whatever its type: a
+        ``ManagerStoppedError`` from another manager the job uses says nothing about
+        this worker, and requeued it would come back forever. Only what this
+        integration's manager says about the submission goes by :func:`classify`.
+        (tasker interrupts a job with a BaseException and answers with an error of
+        its own, so ``raised`` is never the manager's.)
+        """
+        return "fail" if exc is self.raised else classify(exc)
 
 
 def settle_cold_kill() -> None:

@@ -4,13 +4,15 @@
 tasker outcome                                       Celery outcome
 ===================================================  ==========================================
 ``ManagerStoppedError``, ``TaskKilledError``,        *this worker cannot run it*: requeued for
-``QueueFullError``, killed by a cold shutdown        another worker: ``Reject(requeue=True)``
-                                                     with ``acks_late``, else a retry with no
-                                                     countdown that does not count against
+``QueueFullError`` from this worker's manager        another worker: ``Reject(requeue=True)``
+(the submission refused, or killed by our            with ``acks_late``, else a retry with no
+shutdown), killed by a cold shutdown                 countdown that does not count against
                                                      ``max_retries``
 ``RetriesExhaustedError``, ``ResourceCreationError``  a Celery retry with exponential backoff,
                                                      within the task's own ``max_retries``
-the task's own exception, ``TaskTimeoutError``       an ordinary failure of the Celery task
+the task's own exception, of any type (a tasker      an ordinary failure of the Celery task
+error from another manager too);
+``TaskTimeoutError``
 ===================================================  ==========================================
 """
 
