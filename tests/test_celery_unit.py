@@ -14,7 +14,12 @@ import gevent
 import pytest
 from celery import Celery  # type: ignore[import-untyped]
 from celery.concurrency import get_implementation  # type: ignore[import-untyped]
-from celery.exceptions import ImproperlyConfigured, Reject, Retry  # type: ignore[import-untyped]
+from celery.exceptions import (  # type: ignore[import-untyped]
+    ImproperlyConfigured,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+)
 
 import tasker
 from tasker.contrib.celery import Backoff, Integration, classify
@@ -176,6 +181,49 @@ class TestBatch:
         finally:
             integration2.stop()
         assert rest == [{"ok": n} for n in range(5)]
+
+
+class TestThrownIntoTheWait:
+    """What is thrown into a task waiting on its jobs (a time limit) ends those jobs too."""
+
+    @pytest.mark.parametrize("thrown", [SoftTimeLimitExceeded(), gevent.Timeout()])
+    def test_call_cancels_its_job(self, integration: Integration[str], thrown: BaseException) -> None:
+        started, ended = gevent.event.Event(), gevent.event.AsyncResult()
+
+        def job(ctx: tasker.Context, resource: str) -> None:
+            started.set()
+            ended.set(ctx.wait(10))  # True: cancelled
+
+        caller = gevent.spawn(integration.call, StubTask(), job)
+        started.wait()
+        caller.kill(thrown)
+        with pytest.raises(type(thrown)):
+            caller.get()
+        assert ended.get(timeout=2) is True
+
+    def test_batch_cancels_every_pending_item(self) -> None:
+        from tasker.contrib.celery import _batch
+
+        integration = make_integration(worker_count=2, max_worker_count=2)
+        integration.start()
+        started: list[int] = []
+        running = gevent.event.Event()
+        cancelled: list[bool] = []
+
+        def fn(ctx: tasker.Context, resource: str, n: int) -> None:
+            started.append(n)
+            if len(started) == 2:
+                running.set()
+            cancelled.append(ctx.wait(10))
+
+        try:
+            batch = gevent.spawn(_batch.run, integration, StubTask(), fn, list(range(10)), None, None, 6)
+            running.wait()
+            batch.kill(gevent.Timeout())  # Celery's time_limit under -P gevent
+            assert integration.stop(2)  # the running items were cancelled, the queued ones withdrawn
+        finally:
+            integration.kill()
+        assert started == [0, 1] and cancelled == [True, True]
 
 
 class TestPools:

@@ -101,8 +101,10 @@ def run(
             reply = finished.get()
             settle(reply, *pending.pop(reply))
             refill()
-    except gevent.GreenletExit:
-        if not cold_shutdown_started():  # e.g. revoke(terminate=True): Celery's own meaning
+    except BaseException as thrown:
+        if not (isinstance(thrown, gevent.GreenletExit) and cold_shutdown_started()):
+            # Celery's time limits, revoke(terminate=True), ...: the task ends here, and
+            # no item it submitted may run on (queued ones would even start later).
             for reply in pending:
                 reply.cancel()
             raise

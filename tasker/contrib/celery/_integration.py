@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import gevent
 from celery import signals  # type: ignore[import-untyped]
@@ -232,25 +232,25 @@ class Integration(Generic[R]):
             self._reraise(task, exc, classify(exc))
         try:
             value: E = reply.get()
-        except gevent.GreenletExit as exc:
-            if not cold_shutdown_started():  # e.g. revoke(terminate=True): Celery's own meaning
-                reply.cancel()
-                raise
-            self.kill()  # no job of a requeued message may still run here
-            if box.done:
-                return box.value  # type: ignore[no-any-return]
-            requeue(task, exc)
-        except Exception as exc:
-            if self._killed_after(box, exc):
-                return box.value  # type: ignore[no-any-return]
-            self._reraise(task, exc, box.kind(exc))
-        except BaseException:  # Celery's time limit (a gevent.Timeout), ...: the job must not run on
+        except BaseException as exc:
+            if exc is reply.exception:  # the job's outcome
+                if self._killed_after(box, exc):
+                    return box.value  # type: ignore[no-any-return]
+                self._reraise(task, exc, box.kind(exc))
+            if isinstance(exc, gevent.GreenletExit) and cold_shutdown_started():
+                self.kill()  # no job of a requeued message may still run here
+                if box.done:
+                    return box.value  # type: ignore[no-any-return]
+                requeue(task, exc)
+            # Thrown into the wait: Celery's time limits (a gevent.Timeout, or under prefork
+            # SoftTimeLimitExceeded, an Exception), revoke(terminate=True)... The task
+            # ends here, so the job must not run on, holding its resource.
             reply.cancel()
             raise
         settle_cold_kill()
         return value
 
-    def _killed_after(self, box: Finished, exc: Exception) -> bool:
+    def _killed_after(self, box: Finished, exc: BaseException) -> bool:
         """Whether a job whose reply says it was killed did finish after all.
 
         ``kill()`` answers running jobs with ``TaskKilledError`` before their greenlets
@@ -263,7 +263,7 @@ class Integration(Generic[R]):
             self._ended.wait()
         return box.done
 
-    def _reraise(self, task: Any, exc: Exception, kind: Kind) -> None:
+    def _reraise(self, task: Any, exc: BaseException, kind: Kind) -> NoReturn:
         if kind == "requeue":
             requeue(task, exc)
         if kind == "retry":
