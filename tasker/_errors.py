@@ -16,6 +16,7 @@ too, so ``except RuntimeError`` or ``except TimeoutError`` keeps working::
 from __future__ import annotations
 
 import queue
+from typing import Any
 
 __all__ = [
     "CancelledError",
@@ -54,6 +55,11 @@ class RetriesExhaustedError(TaskerError):
         self.attempts = attempts
         self.cause = cause
         self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``args`` holds only the message, which __init__ cannot take back: without this
+        # it cannot be unpickled, and Celery hands a client a bare TaskerError instead.
+        return type(self), (self.attempts, self.cause), self.__dict__
 
 
 class ResourceCreationError(TaskerError):

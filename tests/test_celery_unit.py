@@ -7,6 +7,7 @@ Celery task records what the integration asks of it.
 from __future__ import annotations
 
 import inspect
+import pickle
 from types import SimpleNamespace
 from typing import Any
 
@@ -104,6 +105,19 @@ class TestFailureTable:
             job(ctx, resource)
 
         assert batch.run([1]) == [{"error": repr(error("from another manager"))}]
+
+    @pytest.mark.parametrize("name", tasker._errors.__all__)
+    def test_errors_reach_the_client_intact(self, name: str) -> None:
+        """A result backend pickles the final exception; a client catches it by its type."""
+        from celery.utils.serialization import get_pickleable_exception  # type: ignore[import-untyped]
+
+        cls = getattr(tasker, name)
+        error = cls(2, ZeroDivisionError("x")) if cls is tasker.RetriesExhaustedError else cls("why")
+        assert get_pickleable_exception(error) is error
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is cls and str(copy) == str(error)
+        if cls is tasker.RetriesExhaustedError:
+            assert copy.attempts == 2 and repr(copy.cause) == repr(copy.__cause__) == "ZeroDivisionError('x')"
 
     def test_unhealthy_to_the_end_retries_with_backoff(self) -> None:
         integration = make_integration(check_health=lambda exc: False, max_retries=1)
