@@ -139,6 +139,39 @@ class TestFailureTable:
         with pytest.raises(ValueError):
             Backoff(0, 1)
 
+    @pytest.mark.parametrize(
+        ("options", "error"),
+        [
+            ({"stop_timeout": 0}, ValueError),
+            ({"stop_timeout": -1}, ValueError),
+            ({"stop_timeout": float("inf")}, ValueError),
+            ({"stop_timeout": "30"}, TypeError),
+            ({"restore_interval": 0}, ValueError),
+            ({"restore_interval": float("nan")}, ValueError),
+            ({"restore_interval": True}, TypeError),
+        ],
+    )
+    def test_bad_durations_are_refused_at_once(self, options: dict[str, Any], error: type) -> None:
+        """Not at shutdown, where stop(0) raised inside a signal and no resource was destroyed."""
+        (name,) = options
+        app = Celery("unit", broker="memory://")
+        with pytest.raises(error, match=f"Integration {name} must be"):
+            Integration(app, lambda: tasker.Config(on_create=str, worker_count=1), **options)
+
+    @pytest.mark.parametrize(
+        ("options", "error"),
+        [
+            ({"max_in_flight": 0}, ValueError),
+            ({"max_in_flight": 2.0}, TypeError),
+            ({"max_in_flight": True}, TypeError),
+            ({"timeout": 0}, ValueError),
+        ],
+    )
+    def test_bad_batch_options_are_refused_at_once(self, options: dict[str, Any], error: type) -> None:
+        (name,) = options
+        with pytest.raises(error, match=f"batch_task {name} must be"):
+            make_integration().batch_task(name="unit.bad", **options)
+
     def test_no_manager_says_why(self) -> None:
         with pytest.raises(RuntimeError, match="no TaskManager runs in this process"):
             make_integration().call(StubTask(), lambda ctx, resource: 1)

@@ -12,6 +12,7 @@ from celery import signals  # type: ignore[import-untyped]
 from gevent.event import Event
 
 from ... import Config, Context, ManagerStoppedError, TaskKilledError, TaskManager
+from ..._config import seconds_ok
 from . import _batch
 from ._internals import cold_shutdown_started, green_cold_shutdown
 from ._outcomes import Backoff, Kind, classify, requeue, retry_later
@@ -43,17 +44,20 @@ class Integration(Generic[R]):
         app: the Celery app.
         make_config: called once per worker process (after the fork, under prefork)
             to make that process's :class:`tasker.Config`.
-        stop_timeout: seconds ``manager.stop()`` may drain on a warm shutdown, after
-            Celery's pool has joined its tasks, before it escalates to ``kill()``;
-            None waits as long as it takes.
+        stop_timeout: seconds (finite, > 0) ``manager.stop()`` may drain on a warm
+            shutdown, after Celery's pool has joined its tasks, before it escalates
+            to ``kill()``; None waits as long as it takes.
         retry_backoff: seconds before the first retry after ``RetriesExhaustedError``
             or ``ResourceCreationError``, doubled for each later retry...
         retry_backoff_max: ...up to this many seconds.
-        restore_interval: seconds between two restores of dead workers' unacked
-            messages (Redis broker); None: a quarter of the visibility timeout, within
-            0.5-60 s.
+        restore_interval: seconds (finite, > 0) between two restores of dead
+            workers' unacked messages (Redis broker); None: a quarter of the
+            visibility timeout, within 0.5-60 s.
         fix_broker_pool: raise the Redis broker's ``max_connections`` to the worker's
             concurrency plus headroom (else only warn, with ``acks_late``).
+
+    Raises:
+        TypeError, ValueError: a bad argument, named in the message.
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class Integration(Generic[R]):
     ) -> None:
         if not callable(make_config):
             raise TypeError(f"make_config must be callable as make_config() -> tasker.Config, got {make_config!r}")
+        _check_seconds("Integration stop_timeout", stop_timeout)
+        _check_seconds("Integration restore_interval", restore_interval)
         self.app = app
         self.name = f"{app.main or 'app'}#{next(_names)}"
         self.fix_broker_pool = fix_broker_pool
@@ -289,11 +295,20 @@ class Integration(Generic[R]):
         along, so the final result has every item.
 
         Args:
-            timeout: seconds each item may run.
-            max_in_flight: items submitted ahead (default twice the manager's
-                ``max_worker_count``).
+            timeout: seconds (finite, > 0) each item may run.
+            max_in_flight: items submitted ahead, an int >= 1 (default twice the
+                manager's ``max_worker_count``).
             task_options: for ``app.task`` (``name``, ``acks_late``, ``max_retries``...).
+
+        Raises:
+            TypeError, ValueError: a bad ``timeout`` or ``max_in_flight``.
         """
+        _check_seconds("batch_task timeout", timeout)
+        if max_in_flight is not None:
+            if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+                raise TypeError(f"batch_task max_in_flight must be None or an int >= 1, got {max_in_flight!r}")
+            if max_in_flight < 1:
+                raise ValueError(f"batch_task max_in_flight must be None or an int >= 1, got {max_in_flight!r}")
 
         def decorate(fn: Callable[[Context, R, Any], Any]) -> Any:
             def run(task: Any, items: list[Any], _tasker_batch: dict[str, Any] | None = None) -> list[Any]:
@@ -313,6 +328,16 @@ class Integration(Generic[R]):
         config = self._config
         assert config is not None
         return 2 * (config.max_worker_count or 2 * config.worker_count)
+
+
+def _check_seconds(name: str, value: float | None) -> None:
+    """Refuse a bad duration where it is given, not at shutdown where it would be used."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be None or a number of seconds, got {value!r}")
+    if not seconds_ok(value):
+        raise ValueError(f"{name} must be None or a finite number of seconds > 0, got {value!r}")
 
 
 class Finished:
