@@ -35,7 +35,7 @@ from ._shutdown import Shutdown
 from ._supervisor import Supervisor
 from ._threads import ThreadTaskResult, call_in_hub, get_ident
 from ._types import TaskMetrics, TaskStats
-from ._variants import Callback, SeedVariants, Task
+from ._variants import Callback, SeedVariants, Task, task_fn
 
 __all__ = ["TaskManager"]
 
@@ -62,15 +62,6 @@ def _keywords_only(fn: Callable[..., Any]) -> inspect.Signature:
     kept = [p for p in sig.parameters.values() if p.name != "_keywords"]
     keyword = inspect.Parameter.KEYWORD_ONLY
     return sig.replace(parameters=[p if p.name in ("self", "task") else p.replace(kind=keyword) for p in kept])
-
-
-def _task_fn(task: Any) -> Callable[[Context, Any], Any]:
-    if callable(task):
-        return task  # type: ignore[no-any-return]
-    execute = getattr(task, "execute", None)
-    if callable(execute):
-        return execute  # type: ignore[no-any-return]
-    raise TypeError(f"task must be callable as task(ctx, resource) or have execute(ctx, resource), got {task!r}")
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -204,7 +195,7 @@ class TaskManager(SeedVariants[R, E]):
         core = self._core
         if get_ident() != core.thread:
             return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
-        fn = task if callable(task) else _task_fn(task)
+        fn = task if callable(task) else task_fn(task)
         if priority is False and once is False and timeout is None and block is True and key is None and retry is None:
             spec = self._spec  # the defaults: six identity checks, and a shared spec
         else:
@@ -299,7 +290,7 @@ class TaskManager(SeedVariants[R, E]):
         """
         if get_ident() != self._core.thread:  # the task runs in the manager's thread
             return call_in_hub(self._core.hub, self.run_task, task, withdraw=True)  # type: ignore[no-any-return]
-        return self._pool.run(_task_fn(task))  # type: ignore[no-any-return]
+        return self._pool.run(task_fn(task))  # type: ignore[no-any-return]
 
     def map(
         self,

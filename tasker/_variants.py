@@ -14,12 +14,22 @@ from ._context import Context
 from ._message import TaskResult
 from ._types import Tasker
 
-__all__ = ["Callback", "SeedVariants", "Task"]
+__all__ = ["Callback", "SeedVariants", "Task", "task_fn"]
 
 R = TypeVar("R")
 E = TypeVar("E")
 Task = Callable[[Context, R], E] | Tasker[R, E]
 Callback = Callable[[Any, BaseException | None], object]
+
+
+def task_fn(task: Any) -> Callable[[Context, Any], Any]:
+    """The function that runs ``task``: the task itself, or its ``execute`` method."""
+    if callable(task):
+        return task  # type: ignore[no-any-return]
+    execute = getattr(task, "execute", None)
+    if callable(execute):
+        return execute  # type: ignore[no-any-return]
+    raise TypeError(f"task must be callable as task(ctx, resource) or have execute(ctx, resource), got {task!r}")
 
 
 class SeedVariants(Generic[R, E]):

@@ -88,6 +88,15 @@ class TestFailureTable:
         assert retry["countdown"] == 0 and retry["max_retries"] == 4  # a shutdown uses up no retry
         assert isinstance(retry["exc"], tasker.ManagerStoppedError)
 
+    def test_a_task_object_runs_as_submit_runs_it(self, integration: Integration[str]) -> None:
+        class Fetch:
+            def execute(self, ctx: tasker.Context, resource: str) -> str:
+                return resource + "!"
+
+        assert integration.call(StubTask(), Fetch()) == "resource!"
+        with pytest.raises(TypeError, match="have execute"):
+            integration.call(StubTask(), object())  # type: ignore[arg-type]
+
     @pytest.mark.parametrize("error", [tasker.ManagerStoppedError, tasker.TaskKilledError, tasker.QueueFullError])
     def test_the_jobs_own_tasker_error_is_a_failure(self, integration: Integration[str], error: type) -> None:
         """Raised by another manager the job uses, it says nothing about this worker: no requeue loop."""

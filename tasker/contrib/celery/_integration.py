@@ -13,6 +13,7 @@ from gevent.event import Event
 
 from ... import Config, Context, ManagerStoppedError, TaskKilledError, TaskManager
 from ..._config import seconds_ok
+from ..._variants import Task, task_fn
 from . import _batch
 from ._internals import cold_shutdown_started, green_cold_shutdown
 from ._outcomes import Backoff, Kind, classify, requeue, retry_later
@@ -215,25 +216,27 @@ class Integration(Generic[R]):
     def call(
         self,
         task: Any,
-        fn: Callable[[Context, R], E],
+        fn: Task[R, E],
         *,
         timeout: float | None = None,
         priority: bool = False,
     ) -> E:
-        """Run ``fn(ctx, resource)`` on this process's manager for the bound Celery ``task``.
+        """Run ``fn`` on this process's manager for the bound Celery ``task``.
 
         Returns ``fn``'s value; tasker's errors become what the failure table says
         (requeue, retry with backoff, or an ordinary failure).
 
         Args:
             task: the bound task (``self`` of ``@app.task(bind=True)``).
-            fn: the job, run by a tasker worker with its resource.
+            fn: the job, run by a tasker worker with its resource: ``fn(ctx, resource)``
+                or an object with ``execute(ctx, resource)``, as for ``submit``.
             timeout: seconds the job may run (``TaskTimeoutError`` after).
             priority: use the manager's priority lane.
         """
         box = Finished()
+        job = box.wrap(task_fn(fn))
         try:
-            reply = self.manager.submit(box.wrap(fn), timeout=timeout, priority=priority)
+            reply = self.manager.submit(job, timeout=timeout, priority=priority)
         except Exception as exc:  # refused by our manager (stopped, full), or a bad argument
             self._reraise(task, exc, classify(exc))
         try:
