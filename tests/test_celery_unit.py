@@ -23,7 +23,7 @@ from celery.exceptions import (  # type: ignore[import-untyped]
 )
 
 import tasker
-from tasker.contrib.celery import Backoff, Integration, classify
+from tasker.contrib.celery import Backoff, Integration, _batch, classify
 from tasker.contrib.celery._worker import pool_kind
 
 
@@ -87,6 +87,11 @@ class TestFailureTable:
         (retry,) = task.retried
         assert retry["countdown"] == 0 and retry["max_retries"] == 4  # a shutdown uses up no retry
         assert isinstance(retry["exc"], tasker.ManagerStoppedError)
+        task = StubTask()
+        with pytest.raises(Retry):
+            _batch.run(integration, task, lambda ctx, resource, n: n, [1, 2], None, None, None)
+        (retry,) = task.retried
+        assert retry["args"] == ([1, 2],) and retry["countdown"] == 0
 
     def test_a_task_object_runs_as_submit_runs_it(self, integration: Integration[str]) -> None:
         class Fetch:
@@ -181,9 +186,28 @@ class TestFailureTable:
         with pytest.raises(error, match=f"batch_task {name} must be"):
             make_integration().batch_task(name="unit.bad", **options)
 
+    def test_stopped_then_started_again(self) -> None:
+        """After stop() or kill() no manager runs: ``.manager`` says so, and start() makes a new one."""
+        integration = make_integration()
+        first = integration.start()
+        assert integration.stop()
+        with pytest.raises(tasker.ManagerStoppedError):  # a RuntimeError: a late job is requeued
+            _ = integration.manager
+        second = integration.start()
+        assert second is not first and integration.manager is second
+        assert integration.call(StubTask(), lambda ctx, resource: resource) == "resource"
+        integration.kill()
+        with pytest.raises(tasker.ManagerStoppedError):
+            _ = integration.manager
+        assert integration.stop()  # nothing runs: True, as documented
+        integration.start()
+        assert integration.stop()
+
     def test_no_manager_says_why(self) -> None:
         with pytest.raises(RuntimeError, match="no TaskManager runs in this process"):
             make_integration().call(StubTask(), lambda ctx, resource: 1)
+        with pytest.raises(RuntimeError, match="no TaskManager runs in this process"):
+            _batch.run(make_integration(), StubTask(), lambda ctx, resource, n: n, [1], None, None, None)
 
 
 class TestBatch:
@@ -201,8 +225,6 @@ class TestBatch:
         assert results == [{"error": repr(ValueError(n))} if n % 3 == 0 else {"ok": n * 10} for n in range(10)]
 
     def test_unfinished_items_are_requeued_with_the_finished_outcomes(self, integration: Integration[str]) -> None:
-        from tasker.contrib.celery import _batch
-
         started = gevent.event.Event()
 
         def fn(ctx: tasker.Context, resource: str, n: int) -> int:
@@ -258,8 +280,6 @@ class TestThrownIntoTheWait:
         assert ended.get(timeout=2) is True
 
     def test_batch_cancels_every_pending_item(self) -> None:
-        from tasker.contrib.celery import _batch
-
         integration = make_integration(worker_count=2, max_worker_count=2)
         integration.start()
         started: list[int] = []

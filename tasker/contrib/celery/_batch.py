@@ -55,7 +55,6 @@ def run(
         done = {int(i): outcome for i, outcome in state["done"]}
     if len(indices) != len(items):
         raise ValueError(f"batch state names {len(indices)} items but the message carries {len(items)}")
-    manager = integration.manager
     limit = integration._read_ahead(max_in_flight)
     todo = iter(zip(indices, items, strict=True))
     pending: dict[TaskResult, tuple[int, Any, Finished]] = {}
@@ -84,7 +83,7 @@ def run(
             index, item = entry
             box = Finished()
             try:
-                reply = manager.submit(box.wrap(_bind(fn, item)), timeout=timeout)
+                reply = integration.manager.submit(box.wrap(_bind(fn, item)), timeout=timeout)
             except Exception as exc:  # stopped or full: this item and the rest wait for another worker
                 if classify(exc) == "fail":
                     raise

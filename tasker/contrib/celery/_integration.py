@@ -102,16 +102,23 @@ class Integration(Generic[R]):
         """This process's manager.
 
         Raises:
-            RuntimeError: no manager runs in this process (not a worker, not started
-                yet, or already stopped).
+            RuntimeError: no manager runs in this process: not a worker, not started
+                yet, or already stopped. Stopped (or killed), it is a
+                ``tasker.ManagerStoppedError``, so a job that comes too late goes back
+                to the broker, as the failure table says.
         """
         manager = self._manager
         if manager is None:
-            raise RuntimeError(
-                "tasker.contrib.celery: no TaskManager runs in this process; tasks using it must run in a "
-                "Celery worker started with -P gevent, prefork or solo (or call Integration.start() yourself)"
-            )
+            raise self._no_manager()
         return manager
+
+    def _no_manager(self) -> RuntimeError:
+        if self._closed:
+            return ManagerStoppedError("tasker.contrib.celery: this process's TaskManager was stopped")
+        return RuntimeError(
+            "tasker.contrib.celery: no TaskManager runs in this process; tasks using it must run in a "
+            "Celery worker started with -P gevent, prefork or solo (or call Integration.start() yourself)"
+        )
 
     def start(self) -> TaskManager[R, Any]:
         """Start this process's manager (the worker does it for you).
@@ -143,7 +150,7 @@ class Integration(Generic[R]):
         try:
             clean = manager.stop(timeout)
         finally:
-            self._ended.set()
+            self._over(manager)
         if not clean:
             logger.warning("tasker: the manager did not drain within %s s and was killed", timeout)
         return clean
@@ -168,8 +175,18 @@ class Integration(Generic[R]):
         except ManagerStoppedError:  # a stop() that finished first
             pass
         finally:
-            self._ended.set()
+            self._over(manager)
         logger.info("tasker: killed this worker's TaskManager")
+
+    def _over(self, manager: TaskManager[R, Any]) -> None:
+        """``manager`` is stopped or killed: ``.manager`` says so, and ``start()`` may run again.
+
+        The first of a stop() and the kill() that escalates it to end does it; the
+        other must not touch a manager started since.
+        """
+        if self._manager is manager:
+            self._manager = None
+            self._ended.set()
 
     def _take(self) -> TaskManager[R, Any] | None:
         if self._closed:
@@ -329,7 +346,8 @@ class Integration(Generic[R]):
         if max_in_flight is not None:
             return max_in_flight
         config = self._config
-        assert config is not None
+        if config is None:
+            raise self._no_manager()  # never started here: say so before a batch begins
         return 2 * (config.max_worker_count or 2 * config.worker_count)
 
 
