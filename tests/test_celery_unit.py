@@ -279,6 +279,41 @@ class TestThrownIntoTheWait:
             caller.get()
         assert ended.get(timeout=2) is True
 
+    def test_a_cold_shutdown_requeues_whatever_it_throws(
+        self, integration: Integration[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """-P solo: Celery's SIGQUIT handler runs in the waiting task and fails there
+        (NotImplementedError: solo cannot terminate a job); the job must go back, not fail."""
+        from celery.worker import state  # type: ignore[import-untyped]
+
+        started = gevent.event.Event()
+
+        def job(ctx: tasker.Context, resource: str) -> None:
+            started.set()
+            gevent.sleep(10)  # killed by the integration
+
+        caller = gevent.spawn(integration.call, StubTask(acks_late=True), job)
+        started.wait()
+        monkeypatch.setattr(state, "should_terminate", 1)  # what the handler sets before it fails
+        caller.kill(NotImplementedError("solo does not implement kill_job"))
+        with pytest.raises(Reject) as rejected:
+            caller.get()
+        assert rejected.value.requeue is True
+        with pytest.raises(tasker.ManagerStoppedError):  # killed: the job cannot finish after its message went back
+            _ = integration.manager
+
+        integration.start()
+        started.clear()
+        task = StubTask()
+        batch = gevent.spawn(_batch.run, integration, task, lambda ctx, resource, n: job(ctx, resource), [1, 2],
+                             None, None, None)  # fmt: skip
+        started.wait()
+        batch.kill(NotImplementedError("solo does not implement kill_job"))
+        with pytest.raises(Retry):
+            batch.get()
+        (retry,) = task.retried
+        assert retry["args"] == ([1, 2],) and retry["countdown"] == 0
+
     def test_batch_cancels_every_pending_item(self) -> None:
         integration = make_integration(worker_count=2, max_worker_count=2)
         integration.start()
@@ -355,7 +390,7 @@ class TestCeleryInternals:
 
     def test_cold_shutdown_flag(self) -> None:
         from celery.apps import worker  # type: ignore[import-untyped]
-        from celery.worker import state  # type: ignore[import-untyped]
+        from celery.worker import state
 
         assert state.should_terminate is None  # read by cold_shutdown_started()
         source = inspect.getsource(worker.on_cold_shutdown)

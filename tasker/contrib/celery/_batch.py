@@ -100,8 +100,8 @@ def run(
             reply = finished.get()
             settle(reply, *pending.pop(reply))
             refill()
-    except BaseException as thrown:
-        if not (isinstance(thrown, gevent.GreenletExit) and cold_shutdown_started()):
+    except BaseException:
+        if not cold_shutdown_started():  # whatever it throws: see Integration.call
             # Celery's time limits, revoke(terminate=True), ...: the task ends here, and
             # no item it submitted may run on (queued ones would even start later).
             for reply in pending:

@@ -263,7 +263,7 @@ class Integration(Generic[R]):
                 if self._killed_after(box, exc):
                     return box.value  # type: ignore[no-any-return]
                 self._reraise(task, exc, box.kind(exc))
-            if isinstance(exc, gevent.GreenletExit) and cold_shutdown_started():
+            if cold_shutdown_started():  # gevent's GreenletExit, or solo's failing handler (see _internals)
                 self.kill()  # no job of a requeued message may still run here
                 if box.done:
                     return box.value  # type: ignore[no-any-return]

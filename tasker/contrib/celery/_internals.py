@@ -6,7 +6,9 @@ and acks. Celery has no public hook that runs before those kills (the public
 ``worker_shutting_down`` signal is sent after them), so :func:`cold_shutdown_started`
 reads ``celery.worker.state.should_terminate``, which ``on_cold_shutdown`` sets before
 it joins the killed greenlets. ``tests/test_celery_unit.py`` fails loudly if that
-attribute goes away.
+attribute goes away. Under ``-P solo`` the handler runs in the task itself and fails
+there (``NotImplementedError``: solo cannot terminate a job) after it has set the flag;
+so whatever a cold shutdown throws into a waiting task, the job is requeued.
 
 :func:`green_cold_shutdown` works around Celery's SIGQUIT handler under ``-P gevent``:
 it blocks (it joins the pool), but Python runs a signal handler in whichever greenlet
