@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from gevent.queue import SimpleQueue
 
+from ._config import refuse_async
 from ._context import Context
 from ._message import TaskResult
 
@@ -39,6 +40,7 @@ def _checked(fn: ItemFn, items: Iterable[Any], key: KeyFn) -> Iterator[Any]:
     """Refuse a bad ``fn`` or ``items`` at the call, before any item is read."""
     if not callable(fn):
         raise TypeError(f"fn must be callable as fn(ctx, resource, item), got {fn!r}")
+    refuse_async("fn", fn)
     if key is not None and not callable(key):
         raise TypeError(f"key must be None or callable as key(item), got {key!r}")
     return iter(items)

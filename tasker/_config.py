@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -15,14 +17,26 @@ from ._ratelimit import RateLimit
 from ._retry import RetryPolicy
 from ._types import Logger, MetricsCollector
 
-__all__ = ["Config", "seconds_ok"]
+__all__ = ["Config", "refuse_async", "seconds_ok"]
 
 R = TypeVar("R")
+
+
+def refuse_async(what: str, fn: Any) -> None:
+    """Refuse an ``async def``: tasker calls its hooks and tasks, and would never await one."""
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "execute", None)):
+        raise TypeError(f"{what} must be a plain function, got the coroutine function {fn!r} (tasker never awaits)")
 
 
 def _callable(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not callable(value):
         raise TypeError(f"Config.{attr.name} must be callable, got {value!r}")
+    refuse_async(f"Config.{attr.name}", value)
+
+
+def _frozen(value: Any) -> Any:
+    """A copy of a mapping that nobody can change (the caller's own may change later)."""
+    return MappingProxyType(dict(value)) if isinstance(value, Mapping) else value
 
 
 def _optional_callable(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -152,7 +166,9 @@ class Config(Generic[R]):
     """Messages of one key (``submit(..., key=...)``) in flight at once; None: unlimited."""
     key_rate: RateLimit | None = attrs.field(default=None, validator=_instance(RateLimit, "a tasker.RateLimit"))
     """Token-bucket rate of each key's dispatches; None: unlimited."""
-    key_limits: Mapping[Hashable, KeyLimits] = attrs.field(factory=dict, validator=_key_limits, hash=False)
+    key_limits: Mapping[Hashable, KeyLimits] = attrs.field(
+        factory=dict, converter=_frozen, validator=_key_limits, hash=False
+    )
     """Per-key overrides of ``key_concurrency`` and ``key_rate``."""
     rate_limit: RateLimit | None = attrs.field(default=None, validator=_instance(RateLimit, "a tasker.RateLimit"))
     """Token-bucket rate of all dispatches together; None: unlimited."""

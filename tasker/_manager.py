@@ -15,13 +15,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Generator, Hashable, Iterable
+from types import FunctionType
 from typing import Any, TypeVar, final
 
 import gevent
 
 from ._batch import imap_unordered, map_ordered
 from ._clock import Clock, MonotonicClock
-from ._config import Config, seconds_ok
+from ._config import Config, refuse_async, seconds_ok
 from ._context import Context
 from ._core import Core
 from ._errors import ResourceCreationError
@@ -195,7 +196,7 @@ class TaskManager(SeedVariants[R, E]):
         core = self._core
         if get_ident() != core.thread:
             return self._submit_from_thread(task, priority, once, timeout, block, key, retry)
-        fn = task if callable(task) else task_fn(task)
+        fn = task if task.__class__ is FunctionType else task_fn(task)  # the common case first, cheaply
         if priority is False and once is False and timeout is None and block is True and key is None and retry is None:
             spec = self._spec  # the defaults: six identity checks, and a shared spec
         else:
@@ -267,6 +268,7 @@ class TaskManager(SeedVariants[R, E]):
             return call_in_hub(hub, self._submit_with_callback, task, callback, priority, once, withdraw=True)  # type: ignore[no-any-return]
         if not callable(callback):
             raise TypeError(f"callback must be callable as callback(result, error), got {callback!r}")
+        refuse_async("callback", callback)
         shutdown = self._shutdown
         shutdown.callbacks += 1  # owed from here: a collector that yields in submit can't race stop()
         try:
@@ -290,7 +292,9 @@ class TaskManager(SeedVariants[R, E]):
         """
         if get_ident() != self._core.thread:  # the task runs in the manager's thread
             return call_in_hub(self._core.hub, self.run_task, task, withdraw=True)  # type: ignore[no-any-return]
-        return self._pool.run(task_fn(task))  # type: ignore[no-any-return]
+        fn = task_fn(task)
+        refuse_async("task", fn)
+        return self._pool.run(fn)  # type: ignore[no-any-return]
 
     def map(
         self,
@@ -310,6 +314,7 @@ class TaskManager(SeedVariants[R, E]):
         ``key(item)``, if given, is the key of each item's submission (``submit(key=)``).
         """
         self._refuse_other_thread("map")
+        _check_flags(priority=priority, return_exceptions=return_exceptions)
         return map_ordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions, key)
 
     def imap_unordered(
@@ -324,6 +329,7 @@ class TaskManager(SeedVariants[R, E]):
     ) -> Generator[E | BaseException, None, None]:
         """As :meth:`map`, yielding each result as soon as it is ready."""
         self._refuse_other_thread("imap_unordered")
+        _check_flags(priority=priority, return_exceptions=return_exceptions)
         return imap_unordered(self, fn, items, priority, self._read_ahead(max_in_flight), return_exceptions, key)
 
     def _refuse_other_thread(self, name: str) -> None:

@@ -23,7 +23,13 @@ Callback = Callable[[Any, BaseException | None], object]
 
 
 def task_fn(task: Any) -> Callable[[Context, Any], Any]:
-    """The function that runs ``task``: the task itself, or its ``execute`` method."""
+    """The function that runs ``task``: the task itself, or its ``execute`` method.
+
+    A class with ``execute`` is refused: its instances are the tasks (called, the class
+    would make one of them from the task's arguments, and fail).
+    """
+    if isinstance(task, type) and callable(getattr(task, "execute", None)):
+        raise TypeError(f"task must be a task object, got the class {task!r}: pass an instance of it")
     if callable(task):
         return task  # type: ignore[no-any-return]
     execute = getattr(task, "execute", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,13 @@ class _Timer:
         self.cancelled = True
 
 
+def _check_seconds(what: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} takes a number of seconds, got {value!r}")
+    if not math.isfinite(value):  # NaN would freeze the clock: no timer would ever be due
+        raise ValueError(f"{what} takes a finite number of seconds, got {value!r}")
+
+
 class FakeClock:
     """Virtual monotonic time, starting at ``start`` seconds.
 
@@ -40,6 +48,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 0.0) -> None:
+        _check_seconds("FakeClock start", start)
         self._now = start
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
@@ -71,6 +80,7 @@ class FakeClock:
         After each due timer fires, every greenlet it woke runs until it blocks again
         (``gevent.idle``), so the test sees the effects before the next step.
         """
+        _check_seconds("FakeClock.advance", seconds)
         if seconds < 0:
             raise ValueError(f"cannot go back in time ({seconds!r} s)")
         target = self._now + seconds

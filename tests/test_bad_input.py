@@ -28,13 +28,31 @@ class NotCallableExecute:
         return "<NotCallableExecute>"
 
 
+class FetchTask:
+    """A task class: its instances are tasks, the class itself is not."""
+
+    def execute(self, ctx: tasker.Context, resource: int) -> str:
+        return "fetched"
+
+
+async def coroutine_function(*args: Any) -> None:
+    """An ``async def``: tasker calls what it is given and would never await this."""
+
+
 BAD_TASKS = [
     pytest.param(None, id="None"),
     pytest.param(42, id="int"),
     pytest.param("task", id="str"),
     pytest.param(NotCallableExecute(), id="execute-not-callable"),
+    pytest.param(FetchTask, id="a-task-class"),
 ]
-BAD_CALLBACKS = [pytest.param(None, id="None"), pytest.param(42, id="int"), pytest.param("cb", id="str")]
+BAD_FNS = BAD_TASKS[:-1]  # a class may well be callable as fn(ctx, resource, item)
+BAD_CALLBACKS = [
+    pytest.param(None, id="None"),
+    pytest.param(42, id="int"),
+    pytest.param("cb", id="str"),
+    pytest.param(coroutine_function, id="async-def"),
+]
 
 BLOCKING = ["queue_task", "queue_task_with_priority", "queue_task_once", "queue_task_with_priority_once"]
 ASYNC = [name + "_async" for name in BLOCKING]
@@ -118,6 +136,23 @@ class TestBadTasks:
         names(excinfo, "task", repr(bad))
         door.assert_nothing_got_in()
         assert called == []
+        door.assert_still_serves_and_stops()
+
+
+class TestAsyncTasks:
+    """``run_task`` refuses an ``async def`` (it would return an un-awaited coroutine).
+    ``submit`` does not look: checking every task costs its hot path (choices.md)."""
+
+    def test_run_task(self, door: Door) -> None:
+        with pytest.raises(TypeError) as excinfo:
+            door.manager.run_task(coroutine_function)
+        names(excinfo, "task", "coroutine function")
+        door.assert_nothing_got_in()
+        door.assert_still_serves_and_stops()
+
+    def test_an_instance_of_a_task_class_is_a_task(self, door: Door) -> None:
+        assert door.manager.submit(FetchTask()).get() == "fetched"
+        assert door.manager.run_task(FetchTask()) == "fetched"
         door.assert_still_serves_and_stops()
 
 
@@ -235,13 +270,33 @@ class TestBadBatches:
         door.assert_still_serves_and_stops()
 
     @pytest.mark.parametrize("method", ["map", "imap_unordered"])
-    @pytest.mark.parametrize("bad", BAD_TASKS)
+    @pytest.mark.parametrize("bad", BAD_FNS)
     def test_fn(self, door: Door, method: str, bad: Any) -> None:
         read: list[int] = []
         with pytest.raises(TypeError) as excinfo:
             getattr(door.manager, method)(bad, self.items(read))
         names(excinfo, "fn", repr(bad))
         assert read == []
+        door.assert_nothing_got_in()
+        door.assert_still_serves_and_stops()
+
+    @pytest.mark.parametrize("method", ["map", "imap_unordered"])
+    def test_async_fn(self, door: Door, method: str) -> None:
+        read: list[int] = []
+        with pytest.raises(TypeError) as excinfo:
+            getattr(door.manager, method)(coroutine_function, self.items(read))
+        names(excinfo, "fn", "coroutine function")
+        assert read == []
+        door.assert_nothing_got_in()
+        door.assert_still_serves_and_stops()
+
+    @pytest.mark.parametrize("method", ["map", "imap_unordered"])
+    @pytest.mark.parametrize("flag", ["priority", "return_exceptions"])
+    @pytest.mark.parametrize("items", [[], [1]], ids=["no-items", "one-item"])
+    def test_flags(self, door: Door, method: str, flag: str, items: list[int]) -> None:
+        with pytest.raises(TypeError) as excinfo:
+            getattr(door.manager, method)(lambda ctx, r, item: item, items, **{flag: "yes"})
+        names(excinfo, flag, "'yes'")
         door.assert_nothing_got_in()
         door.assert_still_serves_and_stops()
 
@@ -268,6 +323,9 @@ BAD_CONFIGS = [
     pytest.param(good(max_queue_size=0), ValueError, "max_queue_size", id="max_queue_size=0"),
     pytest.param(good(task_timeout=-1.0), ValueError, "task_timeout", id="task_timeout<0"),
     pytest.param(good(logger=object()), TypeError, "logger", id="logger=object"),
+    pytest.param(good(on_create=coroutine_function), TypeError, "on_create", id="on_create=async-def"),
+    pytest.param(good(on_destroy=coroutine_function), TypeError, "on_destroy", id="on_destroy=async-def"),
+    pytest.param(good(check_health=coroutine_function), TypeError, "check_health", id="check_health=async-def"),
 ]
 
 

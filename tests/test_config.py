@@ -241,6 +241,19 @@ class TestFrozen:
         assert hash(make(worker_count=3)) == hash(make(worker_count=3))
 
 
+class TestKeyLimitsAreCopied:
+    """Regression: Config kept the caller's dict, which could change after validation."""
+
+    def test_the_callers_dict_changing_later_changes_nothing(self) -> None:
+        limits: dict[Any, Any] = {"a": tasker.KeyLimits(concurrency=1)}
+        config = tasker.Config(on_create=object, worker_count=1, key_limits=limits)
+        limits["a"] = 3
+        limits["b"] = tasker.KeyLimits(concurrency=2)
+        assert dict(config.key_limits) == {"a": tasker.KeyLimits(concurrency=1)}
+        with pytest.raises(TypeError):
+            config.key_limits["a"] = 3  # type: ignore[index]
+
+
 class TestDefaults:
     """Optional fields default as SPEC §2.1 says, and the manager reads the None defaults right."""
 

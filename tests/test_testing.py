@@ -39,6 +39,20 @@ class TestNow:
             clock.advance(seconds)
         assert clock.now() == 5.0
 
+    @pytest.mark.parametrize(
+        ("bad", "error"),
+        [(float("nan"), ValueError), (float("inf"), ValueError), ("1", TypeError), (True, TypeError)],
+        ids=["nan", "inf", "str", "bool"],
+    )
+    def test_bad_seconds(self, bad: object, error: type[Exception]) -> None:
+        """Regression: advance(nan) froze the clock at nan; no timer was ever due again."""
+        clock = FakeClock(start=5.0)
+        with pytest.raises(error, match="FakeClock.advance"):
+            clock.advance(bad)  # type: ignore[arg-type]
+        with pytest.raises(error, match="FakeClock start"):
+            FakeClock(start=bad)  # type: ignore[arg-type]
+        assert clock.now() == 5.0
+
     def test_is_accepted_as_a_config_clock(self) -> None:
         clock = FakeClock()
         assert tasker.Config(on_create=object, worker_count=1, clock=clock).clock is clock
