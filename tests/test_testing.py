@@ -47,7 +47,7 @@ class TestNow:
     def test_bad_seconds(self, bad: object, error: type[Exception]) -> None:
         """Regression: advance(nan) froze the clock at nan; no timer was ever due again."""
         clock = FakeClock(start=5.0)
-        with pytest.raises(error, match="FakeClock.advance"):
+        with pytest.raises(error, match=r"FakeClock\.advance"):
             clock.advance(bad)  # type: ignore[arg-type]
         with pytest.raises(error, match="FakeClock start"):
             FakeClock(start=bad)  # type: ignore[arg-type]
