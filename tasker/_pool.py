@@ -15,7 +15,7 @@ from typing import Any
 from greenlet import getcurrent
 
 from ._context import Context
-from ._core import NO_RESOURCE, Core
+from ._core import NO_RESOURCE, Core, thrown_in
 from ._errors import CancelledError, ResourceCreationError, TaskKilledError
 from ._message import Interrupt
 from ._types import TaskLifecycleTimestamps
@@ -71,6 +71,9 @@ class ResourcePool:
                 except Exception as exc:
                     cancelled = False
                     raise ResourceCreationError(f"on_create raised {exc!r} for run_task") from exc
+                except BaseException as exc:  # its own is a failure; thrown in (kill(), the caller's), not
+                    cancelled = thrown_in(exc)
+                    raise
             if core.killing:
                 raise TaskKilledError("the manager was killed before the task started")
             ctx = Context(core.ctx)
@@ -79,6 +82,9 @@ class ResourcePool:
                 value = fn(ctx, resource)
             except Exception as exc:
                 cancelled = isinstance(exc, CancelledError) and ctx.cancelled
+                raise
+            except BaseException as exc:  # as for a queued task: one the task raised itself is a failure
+                cancelled = thrown_in(exc)
                 raise
             failed = cancelled = False
             return value

@@ -196,6 +196,34 @@ class TestRunTaskRecorded:
         assert collector.events[2][1] == 0.0  # it never ran: no execution time
 
 
+    @pytest.mark.parametrize("where", ["task", "on_create"])
+    def test_its_own_base_exception_is_a_failure_as_when_queued(self, where: str) -> None:
+        """Regression: a BaseException the task (or the temporary's on_create) raised
+        itself was counted as a cancellation, where a queued task's counts as a failure."""
+
+        class Abort(BaseException):
+            pass
+
+        collector = SeedCollector()
+        cancels: list[Stamps] = []
+        collector.record_cancellation = cancels.append  # type: ignore[attr-defined]
+        made = 0
+
+        def create() -> int:
+            nonlocal made
+            made += 1
+            if where == "on_create" and made == 2:  # the base worker's is made; run_task's fails
+                raise Abort("on_create's own")
+            return made
+
+        config = tasker.Config(on_create=create, worker_count=1, resource_pool_size=0, collector=collector)
+        with Manager(config) as manager:
+            with pytest.raises(Abort):
+                manager.run_task(raising(Abort("the task's own")) if where == "task" else returning("never"))
+        assert collector.kinds() == ["arrival", "failure"]
+        assert cancels == []
+
+
 class TestCancelsAreNotFailures:
     """Seed, TaskMetrics: "TotalTasksFailed is the total count of tasks that have failed
     after all retry attempts have been exhausted" — a cancel or a kill is not that."""

@@ -118,6 +118,35 @@ class TestFromAnotherThread:
             res.assert_all_destroyed_once()
             assert manager_greenlets(manager) == []
 
+    def test_stats_and_metrics_are_read_in_the_managers_thread(self, kind: str) -> None:
+        """Regression: read in the calling thread, they raced the actors: metrics() folded
+        the collector's buffers while workers appended to them (IndexError in a worker),
+        stats() iterated the workers while the scaler changed them."""
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=2))
+        readers: list[int] = []
+        collector = manager._core.collector
+        real = collector.metrics
+
+        def metrics() -> tasker.TaskMetrics:
+            readers.append(threading.get_ident())
+            return real()
+
+        collector.metrics = metrics  # type: ignore[method-assign]
+
+        class Workers(dict[Any, Any]):
+            def values(self) -> Any:
+                readers.append(threading.get_ident())
+                return super().values()
+
+        manager._supervisor.workers = Workers(manager._supervisor.workers)
+        assert manager.queue_task(whose_thread) == threading.get_ident()
+        stats = in_thread(kind, manager.stats)
+        assert (stats.base_workers, stats.active_workers) == (2, 2)
+        assert in_thread(kind, manager.metrics).total_tasks_completed == 1
+        assert readers == [threading.get_ident()] * 2
+        assert manager.stop() is True
+
     def test_a_batch_cleanup_in_another_thread(self, kind: str) -> None:
         # A generator of map()/imap_unordered() closed (or collected) in another thread:
         # its cleanup, Core.cancel_all, is handed to the manager's thread in one call.
