@@ -122,10 +122,11 @@ class Collector:
         self._clock = clock or MonotonicClock()
         gamma = (1 + relative_error) / (1 - relative_error)
         self._gamma = gamma
-        self._buckets = [0] * (int(math.log(_MAX_VALUE / _MIN_VALUE) / math.log(gamma)) + 2)
+        self._buckets = [0] * (int(math.log(_MAX_VALUE / _MIN_VALUE) / math.log(gamma)) + 3)
         self._last = len(self._buckets) - 1
         # Bucket i holds the values in (bounds[i-1], bounds[i]]; the last one, all above.
-        self._bounds = [_MIN_VALUE * gamma**i for i in range(self._last)]
+        # Bucket 1 is the one that ends at 1 ns: bucket 0 holds only what is under it.
+        self._bounds = [_MIN_VALUE * gamma ** (i - 1) for i in range(self._last)]
         self._ran = 0
         self._exec_sum = 0.0
         self._exec_min = math.inf
@@ -230,7 +231,10 @@ class Collector:
         for i, count in enumerate(self._buckets):
             seen += count
             if seen >= rank:
-                value = 0.0 if i == 0 else _MIN_VALUE * 2 * self._gamma**i / (self._gamma + 1)
+                if i == 0 or i == self._last:  # under 1 ns, or over the top: the min or the max seen
+                    value = 0.0 if i == 0 else self._exec_max
+                else:  # within the relative error of every value in (bounds[i-1], bounds[i]]
+                    value = 2 * self._bounds[i] / (1 + self._gamma)
                 return min(max(value, self._exec_min), self._exec_max)
         return self._exec_max  # pragma: no cover - rank <= total by construction
 

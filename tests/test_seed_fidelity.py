@@ -317,6 +317,16 @@ class TestSubNanosecond:
     """README: durations under 1 ns share the histogram's first bucket, which reads as the
     shortest sample seen; the percentile is then exact when they are all equal."""
 
+    def test_exactly_one_nanosecond_is_not_under_it(self) -> None:
+        """Regression: 1 ns itself landed in the first bucket and read as the minimum (1 ps)."""
+        collector = tasker.Collector(clock=FakeClock())
+        collector.record_completion(Stamps(0.0, 0.0, 1e-12))
+        for _ in range(99):
+            collector.record_completion(Stamps(0.0, 0.0, 1e-9))
+        metrics = collector.metrics()
+        assert metrics.p95_execution_time == pytest.approx(1e-9, rel=0.01 + 1e-9)
+        assert metrics.min_execution_time == 1e-12
+
     def test_99_samples_of_half_a_nanosecond(self) -> None:
         collector = tasker.Collector(clock=FakeClock())
         for _ in range(99):
