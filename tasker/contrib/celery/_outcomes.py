@@ -6,8 +6,9 @@ tasker outcome                                       Celery outcome
 ``ManagerStoppedError``, ``TaskKilledError``,        *this worker cannot run it*: requeued for
 ``QueueFullError`` from this worker's manager        another worker: ``Reject(requeue=True)``
 (the submission refused, or killed by our            with ``acks_late``, else a retry with no
-shutdown), killed by a cold shutdown                 countdown that does not count against
-                                                     ``max_retries``
+shutdown), killed by a cold shutdown                 countdown, allowed past ``max_retries``
+                                                     (it counts in ``request.retries``, so a
+                                                     later backoff retry has one fewer left)
 ``RetriesExhaustedError``, ``ResourceCreationError``  a Celery retry with exponential backoff,
                                                      within the task's own ``max_retries``
 the task's own exception, of any type (a tasker      an ordinary failure of the Celery task
