@@ -221,45 +221,28 @@ class TestNoBurstWhileIdle:
 class TestScaleDown:
     """Burst workers idle for burst_linger retire, and their resources are destroyed exactly once."""
 
-    def test_stop_from_the_scalers_logger(self, clock: FakeClock, resources: Resources) -> None:
-        """The scaler is an actor shutdown does not wait for: stop() works from its logger."""
-        stopped: list[bool] = []
-        manager: TaskManager[int, Any]
-
-        class Stopping(RecordingLogger):
-            def debug(self, msg: str, *args: Any) -> None:
-                super().debug(msg, *args)
-                if "retired" in msg:
-                    stopped.append(manager.stop())
-
-        manager = start(resources, clock, worker_count=1, max_worker_count=2, burst_linger=0.2, logger=Stopping())
-        load = Load(manager, 2)
-        tick(clock)
-        assert burst(manager) == 1
-        load.finish()
-        tick(clock, 4)
-        assert stopped == [True]
-        assert manager._shutdown.finished.is_set()
-        resources.assert_all_destroyed_once()
-
-    def test_kill_as_a_burst_worker_retires_leaves_its_on_destroy_alone(self, clock: FakeClock) -> None:
-        """Regression: kill()'s GreenletExit landed in the on_destroy that the retirement,
-        scheduled just before it, had taken the burst worker into."""
+    @pytest.mark.parametrize("end", ["stop", "kill"])
+    def test_shutdown_from_the_scalers_logger_as_a_burst_worker_retires(self, clock: FakeClock, end: str) -> None:
+        """stop() works from the scaler's logger (shutdown does not wait for the scaler), and
+        kill() there leaves alone the on_destroy the retirement took the burst worker into.
+        Regression: kill()'s GreenletExit, scheduled after the retirement, landed in it."""
         resources = SlowClose()
+        ended: list[bool | None] = []
         manager: TaskManager[int, Any]
 
-        class Killing(RecordingLogger):
+        class Ending(RecordingLogger):
             def debug(self, msg: str, *args: Any) -> None:
                 super().debug(msg, *args)
                 if "retired" in msg:
-                    manager.kill()
+                    ended.append(getattr(manager, end)())
 
-        manager = start(resources, clock, worker_count=1, max_worker_count=2, burst_linger=0.2, logger=Killing())
+        manager = start(resources, clock, worker_count=1, max_worker_count=2, burst_linger=0.2, logger=Ending())
         load = Load(manager, 2)
         tick(clock)
         assert burst(manager) == 1
         load.finish()
         tick(clock, 4)
+        assert ended == [True if end == "stop" else None]
         assert manager._shutdown.finished.is_set()
         assert resources.interrupted == []
         resources.assert_all_destroyed_once()
