@@ -5,6 +5,7 @@ The test process stays unpatched: the upstream server and the clients are OS thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +49,7 @@ class Upstream(BaseHTTPRequestHandler):
             return
         if item in SLOW:
             self.server.count("slow")
-            time.sleep(SLOW_SECONDS)
+            time.sleep(self.server.slow_seconds)
         else:
             time.sleep(0.002)  # long enough for requests to pile up and workers to burst
         body = f"item {item}".encode()
@@ -66,6 +68,7 @@ class UpstreamServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Upstream)
         self.counts: dict[str, int] = {"connections": 0, "dropped": 0, "slow": 0}
+        self.slow_seconds = SLOW_SECONDS
         self._lock = threading.Lock()
         self._seen: set[int] = set()
 
@@ -92,8 +95,11 @@ def upstream() -> Iterator[UpstreamServer]:
 
 
 def get(url: str) -> tuple[int, dict[str, object]]:
-    with urllib.request.urlopen(url, timeout=15) as response:
-        return response.status, json.loads(response.read())
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 502, 503: the app's answer all the same
+        return error.code, json.loads(error.read())
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
@@ -105,34 +111,48 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Pa
     raise AssertionError(f"timed out waiting for {what}; gunicorn said:\n{log.read_text()}")
 
 
+@contextlib.contextmanager
+def gunicorn(
+    upstream: UpstreamServer, tmp_path: Path, *args: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path, Path]]:
+    """examples/gunicorn_app under a real gunicorn master (extra ``args``): (master, port,
+    records, log) once both workers have started; the master is gone when it ends."""
+    records = tmp_path / "records"
+    records.mkdir()
+    log = tmp_path / "gunicorn.log"
+    # gunicorn listens on a socket we bound to an ephemeral port: no port race.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    env = dict(
+        os.environ,
+        TASKER_EXAMPLE_UPSTREAM=f"127.0.0.1:{upstream.server_port}",
+        TASKER_EXAMPLE_RECORDS=str(records),
+        XDG_RUNTIME_DIR=str(tmp_path),  # where gunicorn >= 25.1 puts its control socket
+    )
+    env.pop("GUNICORN_CMD_ARGS", None)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"fd://{listener.fileno()}", *args]
+    with log.open("w") as out:
+        master = subprocess.Popen(
+            [*cmd, "app:app"], cwd=APP_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+            pass_fds=[listener.fileno()], start_new_session=True,
+        )  # fmt: skip
+    listener.close()
+    try:
+        wait_until(lambda: len(list(records.glob("*.started"))) == 2, 15, "two workers", log)
+        yield master, port, records, log
+    finally:
+        if master.poll() is None:  # failed: take the workers down with the master
+            os.killpg(master.pid, signal.SIGKILL)
+            master.wait()
+
+
 class TestGunicornGeventWorkers:
     """Two gevent workers each serve through their own manager and stop it cleanly on SIGTERM."""
 
     def test_serve_then_graceful_shutdown(self, upstream: UpstreamServer, tmp_path: Path) -> None:
-        records = tmp_path / "records"
-        records.mkdir()
-        log = tmp_path / "gunicorn.log"
-        # gunicorn listens on a socket we bound to an ephemeral port: no port race.
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        port = listener.getsockname()[1]
-        env = dict(
-            os.environ,
-            TASKER_EXAMPLE_UPSTREAM=f"127.0.0.1:{upstream.server_port}",
-            TASKER_EXAMPLE_RECORDS=str(records),
-            XDG_RUNTIME_DIR=str(tmp_path),  # where gunicorn >= 25.1 puts its control socket
-        )
-        env.pop("GUNICORN_CMD_ARGS", None)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"fd://{listener.fileno()}"]
-        with log.open("w") as out:
-            master = subprocess.Popen(
-                [*cmd, "app:app"], cwd=APP_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=[listener.fileno()], start_new_session=True,
-            )  # fmt: skip
-        listener.close()
-        try:
-            wait_until(lambda: len(list(records.glob("*.started"))) == 2, 15, "two workers", log)
+        with gunicorn(upstream, tmp_path) as (master, port, records, log):
             status, data = get(f"http://127.0.0.1:{port}/healthz")
             assert status == 200
             workers = {int(p.stem) for p in records.glob("*.started")}
@@ -154,10 +174,6 @@ class TestGunicornGeventWorkers:
                     status, data = future.result()
                     assert status == 200 and data["upstream"] == f"item {i}", data
             assert master.wait(timeout=15) == 0, log.read_text()
-        finally:
-            if master.poll() is None:  # failed: take the workers down with the master
-                os.killpg(master.pid, signal.SIGKILL)
-                master.wait()
 
         assert not [pid for pid in workers if psutil.pid_exists(pid)]
         output = log.read_text()
@@ -172,3 +188,26 @@ class TestGunicornGeventWorkers:
         # Dropped connections were retired and replaced, and their requests retried.
         assert upstream.counts["dropped"] == len(FLAKY)
         assert sum(r["retried"] for r in stopped.values()) == len(FLAKY)
+
+    def test_work_that_outlasts_graceful_timeout_is_answered_and_closed(
+        self, upstream: UpstreamServer, tmp_path: Path
+    ) -> None:
+        """Regression: the manager was stopped only in worker_exit, after gunicorn had waited
+        for requests blocked on their tasks; the master SIGKILLed the workers first, so no
+        caller was answered and no connection closed. The stop now begins at the SIGTERM."""
+        upstream.slow_seconds = 6.0  # longer than graceful_timeout
+        with gunicorn(upstream, tmp_path, "--graceful-timeout", "3") as (master, port, records, log):
+            workers = {int(p.stem) for p in records.glob("*.started")}
+            with ThreadPoolExecutor(max_workers=len(SLOW)) as pool:
+                slow = [pool.submit(get, f"http://127.0.0.1:{port}/fetch/{i}") for i in SLOW]
+                wait_until(lambda: upstream.counts["slow"] == len(SLOW), 10, "slow requests", log)
+                master.send_signal(signal.SIGTERM)
+                answers = [future.result() for future in slow]
+            assert master.wait(timeout=15) == 0, log.read_text()
+        assert all(status == 502 and "TaskKilledError" in str(data["error"]) for status, data in answers), answers
+        assert log.read_text().count("did not drain") == 2
+        stopped = [json.loads((records / f"{pid}.json").read_text()) for pid in workers]
+        for record in stopped:
+            assert record["drained"] is False, record
+            assert record["created"] == record["destroyed"] > 0, record
+        assert sum(r["failed"] for r in stopped) == len(SLOW)

@@ -36,6 +36,7 @@ import tasker
 
 UPSTREAM = os.environ.get("TASKER_EXAMPLE_UPSTREAM", "127.0.0.1:8080")
 RECORDS = os.environ.get("TASKER_EXAMPLE_RECORDS")
+KILL_TIMEOUT = 1.0  # seconds a stop() that escalated waits for interrupted tasks (gunicorn.conf.py counts it)
 
 _manager: tasker.TaskManager[http.client.HTTPConnection, bytes] | None = None
 _stopped = False
@@ -80,6 +81,7 @@ def start() -> tasker.TaskManager[http.client.HTTPConnection, bytes]:
                 resource_pool_size=0,  # no run_task here
                 max_retries=3,
                 task_timeout=10.0,
+                kill_timeout=KILL_TIMEOUT,
             )
             _manager = tasker.TaskManager(config)
             _record("started", {"pid": os.getpid()})

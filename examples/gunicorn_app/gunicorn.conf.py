@@ -2,54 +2,66 @@
 
 The hooks make the manager after the fork and stop it before the worker exits, within
 ``graceful_timeout`` counted from the SIGTERM that began the shutdown (gunicorn's master
-SIGKILLs workers still alive after that).
+SIGKILLs workers still alive after that): the stop begins at the SIGTERM, so requests
+waiting on tasks are answered in time even when the work outlasts ``graceful_timeout``.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
-import time
 from types import FrameType
 from typing import Any
+
+import gevent
 
 bind = "127.0.0.1:8000"
 worker_class = "gevent"
 workers = 2
 worker_connections = 1000
 graceful_timeout = 10  # seconds; the master SIGKILLs workers still alive after this
-STOP_MARGIN = 1.0  # seconds kept for closing connections and exiting after the drain
+STOP_MARGIN = 1.0  # seconds kept for answering, closing connections and exiting after the stop
 
-_shutdown_began: float | None = None
+_in_worker = False  # set in each worker by post_worker_init; the master keeps False
+_stopping: Any = None  # the greenlet stopping this worker's manager, from the SIGTERM on
 
 
 def post_worker_init(worker: Any) -> None:  # gunicorn ships no types
     """In the worker process, after the fork, gevent's monkey-patching and loading app.py."""
+    global _in_worker
     import app
 
     app.start()
+    _in_worker = True
 
-    # Note when the shutdown begins: gunicorn first waits for in-flight requests, and
-    # the manager may only use what is left of graceful_timeout after that.
+    # On SIGTERM gunicorn waits for in-flight requests, and the master SIGKILLs the worker
+    # graceful_timeout later: requests waiting on tasks must get their answers before
+    # that, so the manager starts stopping now, in time, not in worker_exit.
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        global _shutdown_began
-        if _shutdown_began is None:
-            _shutdown_began = time.monotonic()
+        global _stopping
+        if _stopping is None:
+            _stopping = gevent.spawn(_stop, worker)
         if callable(previous):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def _stop(worker: Any) -> None:
+    """Drain the manager, then kill what is left, within graceful_timeout from now."""
+    import app
+
+    budget = max(0.1, worker.cfg.graceful_timeout - STOP_MARGIN - app.KILL_TIMEOUT)
+    if app.stop(timeout=budget) is False:
+        worker.log.warning("tasker manager of worker %s did not drain within %.1f s", worker.pid, budget)
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """In the worker process once it stopped serving (the master calls it too, rarely)."""
-    app = sys.modules.get("app")
-    if app is None:  # the master, reaping a worker that vanished: nothing of ours here
+    if not _in_worker:  # the master, reaping a worker that vanished (app.py may be preloaded)
         return
-    spent = 0.0 if _shutdown_began is None else time.monotonic() - _shutdown_began
-    budget = max(0.1, server.cfg.graceful_timeout - spent - STOP_MARGIN)
-    drained = app.stop(timeout=budget)
-    if drained is False:
-        server.log.warning("tasker manager of worker %s did not drain within %.1f s", worker.pid, budget)
+    if _stopping is None:  # no SIGTERM: max_requests, SIGINT/SIGQUIT, an abort
+        _stop(worker)
+    else:
+        _stopping.join()  # its teardown closes the connections before the process exits
