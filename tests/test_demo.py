@@ -188,7 +188,9 @@ class TestCommandLine:
         [
             (["--flaky-rate", "2"], "between 0 and 1"),
             (["--urls", "0"], "must be >= 1"),
-            (["--rate", "-1"], "must be >= 0"),
+            (["--rate", "-1"], "must be a finite number >= 0"),
+            (["--rate", "nan"], "must be a finite number >= 0"),  # regression: crashed the producer, exit 0
+            (["--rate", "inf"], "must be a finite number >= 0"),
             (["--workers", "8", "--max-workers", "4"], "must be >= --workers"),
         ],
     )

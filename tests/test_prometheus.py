@@ -250,6 +250,27 @@ class TestSeveralManagers:
             PrometheusCollector(registry=registry)
 
 
+    def test_two_managers_with_the_same_labels_are_refused(self) -> None:
+        """Regression: both were tracked, and the page carried duplicate series, which
+        Prometheus refuses."""
+        registry = CollectorRegistry()
+        res_a, res_b = Resources(), Resources()
+        with Manager(res_a.config()) as a, Manager(res_b.config()) as b:
+            register_stats(a, registry=registry, labels={"manager": "x"})
+            with pytest.raises(ValueError, match="another tracked manager"):
+                register_stats(b, registry=registry, labels={"manager": "x"})
+            register_stats(a, registry=registry, labels={"manager": "x"})  # the same one again is fine
+            samples = scrape(registry)
+        assert value(samples, "tasker_active_workers", manager="x") == 2
+
+    @pytest.mark.parametrize("name", ["kind", "lane", "key", "__name__", ""])
+    def test_label_names_the_gauges_use_or_prometheus_reserves_are_refused(self, name: str) -> None:
+        """Regression: "kind", "lane" and "key" were overwritten by the gauges' own, and
+        "__name__" made a page that does not parse."""
+        with pytest.raises(ValueError, match="label name"):
+            StatsCollector(labelnames=(name,))
+
+
 class TestMissingDependency:
     """Without prometheus_client the import fails with a message naming the extra."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import attrs
 
@@ -39,8 +40,8 @@ def _share(text: str) -> float:
 
 def _rate(text: str) -> float:
     value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not (math.isfinite(value) and value >= 0):  # nan or inf would crash the producer's pacing
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return value
 
 

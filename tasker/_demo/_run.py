@@ -105,7 +105,12 @@ def fetch_all(opts: Options, display: Display, site: Site, connections: Connecti
     display.status(status_line(manager, tally, opts.urls, elapsed))
     for line in summary(manager, tally, site, connections, peak, opts, shutdown, elapsed):
         display.say(line)
-    verdict = Verdict(tally.submitted - tally.answered, connections.opened - connections.closed, shutdown.requested)
+    # Not interrupted, every URL should have been submitted: one that was not (the producer
+    # failed) is missing too.
+    unsent = 0 if shutdown.requested else opts.urls - tally.submitted
+    verdict = Verdict(
+        tally.submitted - tally.answered + unsent, connections.opened - connections.closed, shutdown.requested
+    )
     if verdict.missing:
         display.say(f"ERROR: {verdict.missing} submissions got no reply")
     return verdict.exit_code

@@ -62,6 +62,8 @@ DEFAULT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 
 T = TypeVar("T")
 
+_OWN_LABELS = ("kind", "lane", "key")  # the labels StatsCollector's gauges add themselves
+
 # Metric families already made, per registry, keyed by (kind, namespace, label names):
 # several collectors with the same key share them instead of clashing in the registry.
 _shared: weakref.WeakKeyDictionary[CollectorRegistry, dict[tuple[str, str, tuple[str, ...]], Any]] = (
@@ -212,6 +214,11 @@ class StatsCollector:
     """
 
     def __init__(self, namespace: str = "tasker", labelnames: Sequence[str] = ()) -> None:
+        for name in labelnames:
+            if not isinstance(name, str) or not name or name.startswith("__"):  # "__": Prometheus's own
+                raise ValueError(f"label name {name!r} is not a Prometheus label name")
+            if name in _OWN_LABELS:
+                raise ValueError(f"label name {name!r} is taken: the stats gauges label by {_OWN_LABELS!r}")
         self._namespace = namespace
         self._labelnames = tuple(labelnames)
         self._managers: weakref.WeakKeyDictionary[TaskManager[Any, Any], tuple[str, ...]] = weakref.WeakKeyDictionary()
@@ -220,12 +227,18 @@ class StatsCollector:
         """Export ``manager``'s stats, with these label values.
 
         Raises:
-            ValueError: the label names are not this collector's ``labelnames``.
+            ValueError: the label names are not this collector's ``labelnames``, or another
+                tracked manager has these values (Prometheus refuses duplicate series).
         """
         labels = dict(labels or {})
         if sorted(labels) != sorted(self._labelnames):
             raise ValueError(f"labels must have exactly the names {self._labelnames!r}, got {sorted(labels)!r}")
-        self._managers[manager] = tuple(labels[name] for name in self._labelnames)
+        values = tuple(labels[name] for name in self._labelnames)
+        if any(other is not manager and seen == values for other, seen in self._managers.items()):
+            raise ValueError(
+                f"another tracked manager has the labels {labels!r}: give each manager its own label values"
+            )
+        self._managers[manager] = values
 
     def untrack(self, manager: TaskManager[Any, Any]) -> None:
         """Stop exporting ``manager``'s stats; a no-op if it is not tracked."""
