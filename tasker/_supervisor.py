@@ -128,12 +128,15 @@ class Supervisor:
             self._create_failed(worker, outcome.error)
         elif outcome.reason != "idle":
             msg, worker.current = worker.current, None
-            if msg is not None and worker.died_parked and not core.killing:
+            if msg is None or msg.ready():  # none, or answered since (cancelled on its way): let go
+                pass
+            elif worker.died_parked and not core.killing:
                 # Handed to the worker as it died parked: it never ran there, so it goes
                 # back to the front of its lane (not a retry: no attempt was used).
                 core.mailbox.put(msg, front=True)
-            elif msg is not None:  # it crashed while a message was assigned to it
+            else:  # it crashed while a message was assigned to it
                 core.finish(msg, TaskKilledError(f"worker crashed: {outcome.error!r}"))
+            worker.release()  # killed before it first ran, it still holds the resource it was given
             self._replace(worker)
         # Only now is its key slot free: a message put back above went to the head of its
         # key's backlog, so it takes the slot before the messages of its key that came later.

@@ -76,6 +76,44 @@ class TestParkedWorkerDies:
         assert reply.attempts == 1
         finish(manager, res)
 
+    def test_a_message_cancelled_on_its_way_to_the_dying_worker_is_let_go(self) -> None:
+        """Regression: the supervisor put the answered message back in its lane, and a
+        worker then ran tasker's placeholder for a spent task, whose RuntimeError went to
+        check_health (and retired a healthy worker)."""
+        res = Resources()
+        seen: list[BaseException] = []
+
+        def check_health(exc: BaseException) -> bool:
+            seen.append(exc)
+            return False
+
+        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, check_health=check_health))
+        gevent.idle()
+        (worker,) = manager._supervisor.workers.values()
+        # A Timeout a task left behind fires into the parked worker, before the hand-off below.
+        gevent.get_hub().loop.run_callback(worker.greenlet.throw, gevent.Timeout())
+        reply = manager.submit(lambda ctx, r: "never")  # handed over, not yet switched to
+        assert reply.cancel() is True
+        assert manager.queue_task(lambda ctx, r: r) == res.created[-1]  # the replacement's
+        assert isinstance(reply.exception, tasker.CancelledError)
+        assert seen == []
+        assert manager.stats().queued_tasks == 0
+        finish(manager, res)
+
+    def test_a_worker_killed_before_it_first_ran_gives_back_its_resource(self) -> None:
+        """Regression: a base worker is handed a resource made at construction; killed
+        before its greenlet ran, it never reached the release in its loop, and the
+        supervisor replaced it without destroying that resource."""
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=2, max_worker_count=2))
+        _, second = manager._supervisor.workers.values()  # made, not run yet
+        handed = second.resource
+        second.greenlet.kill(block=False)
+        gevent.idle()
+        assert res.destroyed == [handed]
+        assert manager.stats().base_workers == 2  # replaced
+        finish(manager, res)
+
 
 class TestKillFromTheFailingWorker:
     """kill() from the worker whose task fails unhealthily still answers that task's caller."""
