@@ -150,7 +150,8 @@ class Config(Generic[R]):
     )
     """Metrics sink; None means a new :class:`~tasker.Collector`."""
     task_timeout: float | None = attrs.field(default=None, validator=_seconds(optional=True))
-    """Default bound in seconds on one run of a task; None means none."""
+    """Default bound in seconds on one run of a submitted task; None means none. (A
+    ``run_task`` task runs in your greenlet: bound it with your own ``gevent.Timeout``.)"""
     max_queue_size: int | None = attrs.field(default=None, validator=_int(1, optional=True))
     """Room in each lane; None means unbounded."""
     burst_linger: float | None = attrs.field(default=None, validator=_seconds(optional=True))

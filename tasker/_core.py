@@ -309,8 +309,12 @@ class Core:
                 msg._ctx.cancel()
 
     def time_out(self, worker: Any, msg: TaskResult) -> None:
-        """A run's timeout fired: answer the caller now, then interrupt the task."""
-        if worker.current is not msg or not worker.in_task:
+        """A run's timeout fired: answer the caller now, then interrupt the task.
+
+        Not while kill() runs: it has interrupted the task already, and answers its caller
+        with ``TaskKilledError`` once the task's code has ended.
+        """
+        if worker.current is not msg or not worker.in_task or self.killing:
             return
         error = TaskTimeoutError(f"task ran longer than its timeout of {msg._timeout} s")
         assert msg._ctx is not None
@@ -319,7 +323,7 @@ class Core:
         self.hub.loop.run_callback(self._throw_timeout, worker, msg, error)
 
     def _throw_timeout(self, worker: Any, msg: TaskResult, error: BaseException) -> None:
-        if worker.current is msg and worker.in_task:
+        if worker.current is msg and worker.in_task and not self.killing:
             worker.greenlet.throw(Interrupt(error))
 
     # -- the user's hooks ----------------------------------------------------------------

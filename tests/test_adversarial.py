@@ -115,6 +115,39 @@ class TestParkedWorkerDies:
         finish(manager, res)
 
 
+class TestTimeoutWhileKillWaits:
+    """A task's timeout that fires while kill() waits for the task to unwind changes
+    nothing: kill() answers its caller with TaskKilledError once the task has ended."""
+
+    def test_the_caller_gets_task_killed_error(self) -> None:
+        res = Resources()
+        clock = FakeClock()
+        manager: Manager = TaskManager(res.config(worker_count=1, clock=clock, kill_timeout=10.0))
+        unwound, interrupts = Event(), []
+
+        def slow_to_unwind(ctx: tasker.Context, resource: int) -> None:
+            try:
+                Event().wait()
+            finally:
+                try:
+                    clock.sleep(2.0)  # a cleanup that takes a while
+                except BaseException as exc:  # regression: the timeout's interrupt landed here
+                    interrupts.append(exc)
+                unwound.set()
+
+        reply = manager.submit(slow_to_unwind, timeout=1.0)
+        clock.advance(0.5)
+        killer = gevent.spawn(manager.kill)
+        gevent.idle()
+        clock.advance(0.6)  # the timeout is due while kill() waits
+        assert not reply.ready()
+        clock.advance(1.5)
+        assert unwound.is_set() and interrupts == []
+        killer.get()
+        assert isinstance(reply.exception, TaskKilledError)
+        res.assert_all_destroyed_once()
+
+
 class TestKillFromTheFailingWorker:
     """kill() from the worker whose task fails unhealthily still answers that task's caller."""
 
