@@ -25,6 +25,8 @@ Dependencies run one way: façade → lifecycle (``_shutdown``) → actors (``_s
 from __future__ import annotations
 
 import logging
+import os
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +73,20 @@ def thrown_in(exc: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return "greenlet_primitives" in tb.tb_frame.f_code.co_filename  # gevent's switch, compiled or not
+
+
+_cores: weakref.WeakSet[Core] = weakref.WeakSet()  # every manager's core in this process
+
+
+def _after_fork_in_child() -> None:
+    """A forked child holds copies of its parent's managers, their resources (the same
+    sockets) and their actors: there they refuse all work (:meth:`Core.check_process`)."""
+    for core in list(_cores):
+        core.accepting = False
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Core:
@@ -120,6 +136,8 @@ class Core:
         self.ctx = parent.child() if parent is not None else Context()
         self.hub = gevent.get_hub()
         self.thread = get_ident()  # calls from other threads are handed to this one
+        self.pid = os.getpid()  # a forked child's copy refuses all work
+        _cores.add(self)
         self.accepting = True
         self.killing = False
         self.tearing_down = False
@@ -199,9 +217,18 @@ class Core:
     def check_accepting(self) -> None:
         """Raise ``ManagerStoppedError`` unless new work is accepted."""
         if not self.accepting:
+            self.check_process()
             raise ManagerStoppedError("the manager is stopped; no new tasks are accepted")
         if self.parent is not None and self.parent.cancelled:  # before the watcher has run
             raise ManagerStoppedError("the manager's parent context is cancelled; no new tasks are accepted")
+
+    def check_process(self) -> None:
+        """Raise ``ManagerStoppedError`` in a process forked after the manager was made."""
+        if self.pid != os.getpid():
+            raise ManagerStoppedError(
+                f"this TaskManager was made in process {self.pid}, which forked this one: its resources "
+                "and actors are the parent's; make the child's own manager after the fork"
+            )
 
     # -- the ways a message goes back ----------------------------------------------------
 

@@ -405,10 +405,12 @@ class TaskManager(SeedVariants[R, E]):
             True if it drained cleanly, False if it was escalated or killed.
 
         Raises:
-            ManagerStoppedError: ``stop()`` or ``kill()`` was already called.
+            ManagerStoppedError: ``stop()`` or ``kill()`` was already called, or this
+                process was forked after the manager was made.
             RuntimeError: called from inside the manager (a task, a hook, ``run_task``,
                 or the logger or collector inside an actor): it would wait for itself.
         """
+        self._core.check_process()
         if get_ident() != self._core.thread:
             return call_in_hub(self._core.hub, self.stop, timeout)  # type: ignore[no-any-return]
         _check_timeout(timeout)
@@ -429,8 +431,9 @@ class TaskManager(SeedVariants[R, E]):
 
         Raises:
             ManagerStoppedError: ``kill()`` was already called, or the manager has
-                already finished stopping.
+                already finished stopping, or this process was forked after it was made.
         """
+        self._core.check_process()
         if get_ident() != self._core.thread:
             call_in_hub(self._core.hub, self.kill)
             return

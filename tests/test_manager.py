@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from helpers import (
     one_worker,
     raising,
     returning,
+    the_resource,
 )
 
 import tasker
@@ -636,6 +638,46 @@ class TestStop:
         clock.advance(2e-6)
         assert isinstance(held.exception, TaskKilledError)
         assert manager._shutdown.finished.wait(5)
+        res.assert_all_destroyed_once()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+class TestForkedChild:
+    """A child forked after the manager was made holds copies of its resources (the same
+    sockets) and actors: there every call refuses with ManagerStoppedError, and the
+    parent's manager is untouched. Before, the child's copy served and destroyed them."""
+
+    def test_every_call_refuses_in_the_child(self) -> None:
+        res = Resources()
+        manager: Manager = TaskManager(one_worker(res))
+        calls: list[Callable[[], Any]] = [
+            lambda: manager.submit(returning(1)),
+            lambda: manager.queue_task(returning(1)),
+            lambda: manager.queue_task_with_callback(returning(1), lambda result, error: None),
+            lambda: manager.run_task(returning(1)),
+            manager.stop,
+            manager.kill,
+        ]
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave at once, whatever happens
+            try:
+                said = []
+                for call in calls:
+                    try:
+                        call()
+                        said.append("accepted")
+                    except ManagerStoppedError as exc:
+                        said.append("refused" if f"process {os.getppid()}" in str(exc) else repr(exc))
+                os.write(write, ",".join(said).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as child:
+            assert child.read() == ",".join(["refused"] * len(calls))
+        assert manager.queue_task(the_resource) == 1
+        assert manager.stop() is True
         res.assert_all_destroyed_once()
 
 
