@@ -4,9 +4,11 @@ A manager lives in the thread that made it: its actors are greenlets of that thr
 hub, and gevent objects are not shared between hubs. A call from another thread — a
 ``gevent.threadpool`` worker, or a plain ``threading.Thread`` in an unpatched process —
 is run in a new greenlet of the manager's hub (``loop.run_callback_threadsafe``), and
-the calling thread waits for its outcome on an ``AsyncResult``, which gevent lets a
-thread wait on while another sets it. The manager's thread must be running its event
-loop (blocked in any gevent wait) for the hand-off to be served.
+the calling thread waits for its outcome on an ``AsyncResult``: in its own hub if it has
+one (gevent lets a thread wait on an ``AsyncResult`` another sets), else on a native
+lock (:func:`_wait_natively`), so that a thread with no hub is not given one. The
+manager's thread must be running its event loop (blocked in any gevent wait) for the
+hand-off to be served.
 """
 
 from __future__ import annotations
