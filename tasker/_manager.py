@@ -350,7 +350,8 @@ class TaskManager(SeedVariants[R, E]):
 
     def stats(self) -> TaskStats:
         """A snapshot of workers, queues and the pool."""
-        if get_ident() != self._core.thread:  # read where the actors change it, not mid-change
+        if get_ident() != self._core.thread and not self._shutdown.finished.is_set():
+            # Read where the actors change it, not mid-change (once finished, nothing does).
             return call_in_hub(self._core.hub, self.stats)  # type: ignore[no-any-return]
         base = burst = busy = 0
         for worker in self._supervisor.workers.values():
@@ -377,7 +378,8 @@ class TaskManager(SeedVariants[R, E]):
 
     def metrics(self) -> TaskMetrics:
         """What the collector reports."""
-        if get_ident() != self._core.thread:  # the collector is fed (and folds) in the manager's thread
+        if get_ident() != self._core.thread and not self._shutdown.finished.is_set():
+            # The collector is fed (and folds) in the manager's thread; once finished, no more.
             return call_in_hub(self._core.hub, self.metrics)  # type: ignore[no-any-return]
         return self._core.collector.metrics()
 

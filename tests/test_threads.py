@@ -147,6 +147,20 @@ class TestFromAnotherThread:
         assert readers == [threading.get_ident()] * 2
         assert manager.stop() is True
 
+    def test_a_finished_managers_numbers_are_read_without_its_thread(self) -> None:
+        """A scrape thread reading a stopped manager does not wait for the manager's thread
+        to run its loop (here it blocks in a plain join): those numbers no longer change."""
+        res = Resources()
+        manager: Manager = TaskManager(res.config(worker_count=2))
+        assert manager.queue_task(whose_thread) == threading.get_ident()
+        assert manager.stop() is True
+        box: list[Any] = []
+        reader = threading.Thread(target=lambda: box.extend([manager.stats(), manager.metrics()]), daemon=True)
+        reader.start()
+        reader.join(5)  # not a gevent wait: this thread's loop does not run meanwhile
+        stats, metrics = box
+        assert stats.active_workers == 0 and metrics.total_tasks_completed == 1
+
     def test_a_batch_cleanup_in_another_thread(self, kind: str) -> None:
         # A generator of map()/imap_unordered() closed (or collected) in another thread:
         # its cleanup, Core.cancel_all, is handed to the manager's thread in one call.
