@@ -338,16 +338,20 @@ class Core:
     def time_out(self, worker: Any, msg: TaskResult) -> None:
         """A run's timeout fired: answer the caller now, then interrupt the task.
 
-        Not while kill() runs: it has interrupted the task already, and answers its caller
-        with ``TaskKilledError`` once the task's code has ended.
+        After the task failed, while its worker runs the hooks that decide its fate
+        (``check_health``, the retry policy), the caller is answered and nothing is
+        interrupted: whatever they decide then finds the reply answered. Not while
+        kill() runs: it has interrupted the task already, and answers its caller with
+        ``TaskKilledError`` once the task's code has ended.
         """
-        if worker.current is not msg or not worker.in_task or self.killing:
+        if worker.current is not msg or msg.ready() or self.killing:
             return
         error = TaskTimeoutError(f"task ran longer than its timeout of {msg._timeout} s")
-        assert msg._ctx is not None
-        msg._ctx.cancel()
+        if msg._ctx is not None:
+            msg._ctx.cancel()
         self.finish(msg, error)
-        self.hub.loop.run_callback(self._throw_timeout, worker, msg, error)
+        if worker.in_task:
+            self.hub.loop.run_callback(self._throw_timeout, worker, msg, error)
 
     def _throw_timeout(self, worker: Any, msg: TaskResult, error: BaseException) -> None:
         if worker.current is msg and worker.in_task and not self.killing:

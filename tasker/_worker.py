@@ -159,9 +159,11 @@ class Worker:
                 value = fn(ctx, resource)
             except BaseException as exc:
                 self.in_task = False  # before any user hook runs: no interrupt may land there
-                if timer is not None:
-                    timer.cancel()
-                outcome = self._ended(msg, exc)
+                try:
+                    outcome = self._ended(msg, exc)
+                finally:  # only now: a slow check_health or retry policy still answers by the deadline
+                    if timer is not None:
+                        timer.cancel()
                 if outcome is not None:
                     return outcome
                 ctx = None  # it stays with its message (a cancel() asks it why it failed)

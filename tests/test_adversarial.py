@@ -115,6 +115,46 @@ class TestParkedWorkerDies:
         finish(manager, res)
 
 
+class TestSlowCheckHealthAndATimeout:
+    """A task that fails before its timeout, whose check_health then blocks past it: the
+    caller is answered with TaskTimeoutError at the deadline, not when the check returns.
+    Regression: the timer was cancelled before check_health ran, so a check that never
+    returned left the caller waiting forever."""
+
+    @pytest.mark.parametrize("verdict", [True, False], ids=["healthy", "unhealthy"])
+    def test_the_caller_is_answered_at_the_deadline(self, verdict: bool) -> None:
+        res = Resources()
+        clock = FakeClock()
+        checking, decide = Event(), Event()
+        runs: list[int] = []
+
+        def check_health(exc: BaseException) -> bool:
+            checking.set()
+            decide.wait()  # asks some remote service, slowly
+            return verdict
+
+        def task(ctx: tasker.Context, resource: int) -> None:
+            runs.append(resource)
+            clock.sleep(0.5)
+            raise Busy("failed before the deadline")
+
+        manager: Manager = TaskManager(
+            res.config(worker_count=1, max_worker_count=1, clock=clock, check_health=check_health)
+        )
+        reply = manager.submit(task, timeout=1.0)
+        gevent.idle()  # the task starts at t = 0
+        clock.advance(0.5)
+        assert checking.wait(5) and not reply.ready()
+        clock.advance(0.5)
+        assert isinstance(reply.exception, tasker.TaskTimeoutError)
+        decide.set()
+        gevent.idle()
+        assert runs == [runs[0]]  # an unhealthy verdict redelivers no answered message
+        metrics = manager.metrics()
+        assert (metrics.total_tasks_failed, metrics.total_tasks_retried) == (1, 0)
+        finish(manager, res)
+
+
 class TestTimeoutWhileKillWaits:
     """A task's timeout that fires while kill() waits for the task to unwind changes
     nothing: kill() answers its caller with TaskKilledError once the task has ended."""
