@@ -850,15 +850,27 @@ class TestRetryPolicyUserCode:
     property. Whatever they raise or return, the caller gets its own error; a cancel()
     or kill() that comes while they run wins."""
 
-    @pytest.mark.parametrize("case", ["random raises", "retry_after raises", "nan", "inf", "2.0", "a string"])
+    @pytest.mark.parametrize(
+        "case",
+        ["random raises", "random raises Timeout", "random raises Custom", "random calls stop()",
+         "retry_after raises", "nan", "inf", "2.0", "a string"],
+    )  # fmt: skip
     def test_not_retried_and_the_caller_gets_its_own_error(self, case: str) -> None:
         res = Resources()
         logger = RecordingLogger()
         draws = {"nan": float("nan"), "inf": float("inf"), "2.0": 2.0, "a string": "0.5"}
+        raises: dict[str, BaseException] = {
+            "random raises": RuntimeError("the random source broke"),
+            "random raises Timeout": gevent.Timeout(),  # a BaseException: it must not end the worker
+            "random raises Custom": Custom("the random source's own BaseException"),
+        }
+        manager: Manager
 
         def draw() -> Any:
-            if case == "random raises":
-                raise RuntimeError("the random source broke")
+            if case in raises:
+                raise raises[case]
+            if case == "random calls stop()":
+                manager.stop()  # in a worker: RuntimeError, it would wait for itself
             return draws.get(case, 0.5)
 
         class Hinted(Busy):
@@ -868,7 +880,7 @@ class TestRetryPolicyUserCode:
 
         error = Hinted() if case == "retry_after raises" else Busy()
         policy = tasker.RetryPolicy(retry_on=(Busy,), random=draw)
-        manager: Manager = TaskManager(res.config(worker_count=1, max_worker_count=1, retry=policy, logger=logger))
+        manager = TaskManager(res.config(worker_count=1, max_worker_count=1, retry=policy, logger=logger))
         reply = manager.submit(raising(error))
         reply.wait(5)
         assert reply.exception is error
